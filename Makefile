@@ -1,0 +1,42 @@
+# Two commands do all the set-up on a fresh machine (Python 3.11 + pip):
+#   make demo   installs into .venv and runs a real demo sweep with its report
+#   make test   installs into .venv (with test extras) and runs the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export RAY_AUTH_MODE ?= disabled
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install install-test demo test test-slow lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(VENV)/.installed $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+demo: install
+	$(BIN)/hpsearch sweep search_spaces/demo.yaml --name demo --storage-path results --exist-ok-suffix
+
+test: install-test
+	$(BIN)/python -m pytest -q
+
+test-slow: install-test
+	$(BIN)/python -m pytest -q -m slow
+
+lint: install-test
+	$(BIN)/ruff check hpsearch trainables reports tests benchmarks
+
+clean:
+	rm -rf $(VENV) .cache results

