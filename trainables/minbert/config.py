@@ -34,6 +34,9 @@ class ModelConfig(_Strict):
     # How a sentence pair enters the encoder: "siamese" encodes each sentence separately (the
     # CS224N starter's way, needed by cosine_sts); "cross" packs [CLS] a [SEP] b [SEP].
     pair_encoding: Literal["siamese", "cross"] = "siamese"
+    # Sentence embedding fed to the heads: "mean" of token states (what MiniLM was trained
+    # for) or the "cls" pooler output (the CS224N starter's choice).
+    pooling: Literal["mean", "cls"] = "mean"
 
 
 class DataConfig(_Strict):
@@ -44,7 +47,7 @@ class DataConfig(_Strict):
     max_train_examples: int | None = Field(None, gt=0)  # per task, after the split (budgets)
     max_eval_examples: int | None = Field(None, gt=0)  # per task and eval split (budgets)
     train_eval_examples: int = Field(1000, gt=0)  # train subset scored as "train" metrics
-    cache_dir: str | None = None  # tokenised splits; None: <data_dir or ~/.cache>/hpsearch
+    cache_dir: str | None = None  # tokenised splits; None: $XDG_CACHE_HOME/hpsearch or ~/.cache/hpsearch
 
 
 class DeepSpeedConfig(_Strict):
@@ -63,6 +66,9 @@ class TrainConfig(_Strict):
     seed: int = 11711
     evals_per_epoch: int = Field(2, ge=1)  # dev evaluations (and reports) per epoch
     max_steps: int | None = Field(None, ge=1)  # stop after this many multitask steps (smoke runs)
+    eval_batch_size: int = Field(64, ge=1)
+    checkpoint_every_evals: int = Field(1, ge=0)  # checkpoint at every n-th evaluation; 0: only at the end
+    keep_checkpoints: int = Field(2, ge=1)  # newest complete checkpoints kept in the run directory
     num_workers: int = Field(1, ge=1)  # data-parallel DeepSpeed workers (set by the sweep)
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
 
@@ -138,6 +144,11 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str):  # YAML 1.1 reads "2e-5" (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     if isinstance(value, (dict, list)):
         raise ConfigError(f"override '{text}': give a single value, not a YAML {type(value).__name__}")
     return key, value
