@@ -1,0 +1,122 @@
+"""Task samplers: which tasks contribute a batch to each multitask step, and how long an epoch is.
+
+The loop asks the sampler for one epoch's plan, then walks it, pulling the next batch of each
+named task from a restarting iterator (`cycle_batches`):
+
+    plan = make_sampler("cycle").epoch({"sst": 534, "para": 17686, "sts": 376}, rng)
+    iters = {t: cycle_batches(lambda t=t: iter(loaders[t])) for t in loaders}
+    for step in plan:
+        losses = {t: loss_of(t, next(iters[t])) for t in step}
+"""
+
+from __future__ import annotations
+
+import abc
+import random
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+from trainables.errors import ConfigError
+
+__all__ = ["CycleSampler", "ProportionalSampler", "TaskSampler", "cycle_batches", "make_sampler"]
+
+T = TypeVar("T")
+
+
+class TaskSampler(abc.ABC):
+    """Plans the steps of one multitask epoch.
+
+    Lifecycle: at the start of every epoch the loop calls `epoch` with the number of batches
+    each task's training set holds and the trial's `random.Random`; it then runs one step per
+    entry. A sampler keeps no state between epochs: everything random comes from `rng`, so a
+    seeded `rng` gives the same plan. Task names are visited in sorted order before any
+    shuffling, so the plan does not depend on the dict's order. Tasks with zero batches are
+    left out.
+
+    Example:
+        >>> import random
+        >>> from trainables.minbert.extensions import make_sampler
+        >>> make_sampler("cycle").epoch({"sst": 2, "sts": 1}, random.Random(0))
+        [('sst', 'sts'), ('sst', 'sts')]
+        >>> sorted(make_sampler("proportional").epoch({"sst": 2, "sts": 1}, random.Random(0)))
+        [('sst',), ('sst',), ('sts',)]
+    """
+
+    @abc.abstractmethod
+    def epoch(self, num_batches: dict[str, int], rng: random.Random) -> list[tuple[str, ...]]:
+        """The steps of one epoch; each step names the tasks that contribute one batch to it.
+
+        Args:
+            num_batches: task name -> number of batches in one pass over its training set.
+            rng: the source of all randomness for this epoch's plan.
+
+        Returns:
+            One tuple of task names per step.
+        """
+
+
+class CycleSampler(TaskSampler):
+    """Every step takes one batch from every task; an epoch is one pass over the largest set.
+
+    This is the reference report's cycling loader: shorter data sets restart (reshuffled) when
+    they run out, so the epoch has max(num_batches) steps.
+    """
+
+    def epoch(self, num_batches: dict[str, int], rng: random.Random) -> list[tuple[str, ...]]:
+        tasks = _nonempty_tasks(num_batches)
+        if not tasks:
+            return []
+        steps = max(num_batches[t] for t in tasks)
+        return [tuple(tasks)] * steps
+
+
+class ProportionalSampler(TaskSampler):
+    """Every step takes one batch of ONE task; an epoch is one pass over every data set.
+
+    The sum(num_batches) single-task steps come in a random order, so at any point of the epoch
+    each task has been drawn in proportion to its size, and no batch is seen twice.
+    """
+
+    def epoch(self, num_batches: dict[str, int], rng: random.Random) -> list[tuple[str, ...]]:
+        plan = [(t,) for t in _nonempty_tasks(num_batches) for _ in range(num_batches[t])]
+        rng.shuffle(plan)
+        return plan
+
+
+_SAMPLERS: dict[str, Callable[[], TaskSampler]] = {
+    "cycle": CycleSampler,
+    "proportional": ProportionalSampler,
+}
+
+
+def make_sampler(name: str) -> TaskSampler:
+    """The sampler named by `extensions.task_sampling`."""
+    try:
+        return _SAMPLERS[name]()
+    except KeyError:
+        valid = ", ".join(sorted(_SAMPLERS))
+        raise ConfigError(
+            f"extensions.task_sampling: unknown sampler '{name}': use one of {valid}"
+        ) from None
+
+
+def cycle_batches(iter_factory: Callable[[], Iterator[T]]) -> Iterator[T]:
+    """Yield from `iter_factory()` forever, calling it again whenever the iterator runs out.
+
+    A DataLoader with shuffle=True gives a fresh order on every restart. A factory whose
+    iterator is empty from the start raises ValueError instead of looping forever.
+    """
+    while True:
+        empty = True
+        for item in iter_factory():
+            empty = False
+            yield item
+        if empty:
+            raise ValueError("cycle_batches: the iterator factory gave no batches at all")
+
+
+def _nonempty_tasks(num_batches: dict[str, int]) -> list[str]:
+    for task, n in num_batches.items():
+        if n < 0:
+            raise ValueError(f"task '{task}' has a negative number of batches ({n})")
+    return sorted(t for t, n in num_batches.items() if n > 0)
