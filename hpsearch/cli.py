@@ -1,0 +1,193 @@
+"""The `hpsearch` command.
+
+    hpsearch train CONFIG.yaml [section.key=value ...] [--data-dir DIR] [--out DIR] [--smoke-test]
+    hpsearch sweep SPACE.yaml [--name N] [--storage-path DIR] [--num-samples N] ...
+    hpsearch resume EXP_DIR
+    hpsearch report EXP_DIR
+    hpsearch tensorboard EXP_DIR [--port P]
+    hpsearch check-cluster cluster.yaml
+    hpsearch data download --dest DIR
+    hpsearch data synth --dest DIR
+
+Bad input ends in one line on stderr, `error: <what is wrong and how to fix it>`, and exit
+status 2, before anything is launched or written. Heavy libraries are imported only by the
+subcommand that needs them, so `--help` and input errors answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from trainables.errors import ConfigError
+
+EXIT_BAD_INPUT = 2
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like every other input error
+        self.exit(EXIT_BAD_INPUT, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="hpsearch", description="Distributed hyperparameter search for multitask minBERT.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train one configuration, without Ray")
+    t.add_argument("config", help="trial config YAML (sections model, data, train, extensions)")
+    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=2e-5")
+    t.add_argument("--data-dir", help="folder with the CS224N files (default: built-in synthetic data)")
+    t.add_argument("--out", help="run folder (default: runs/<config name>-<time>); must not exist yet")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    t.add_argument("--smoke-test", action="store_true", help="a few steps on a little data, to check the set-up")
+
+    s = sub.add_parser("sweep", help="run a search space as a Ray Tune experiment")
+    s.add_argument("space", help="search space YAML (see search_spaces/)")
+    s.add_argument("overrides", nargs="*", help="dotted trial-config overrides applied to every trial")
+    s.add_argument("--name", help="experiment name (default: the space's name)")
+    s.add_argument("--storage-path", default="results", help="where experiments live (default: results/)")
+    s.add_argument("--num-samples", type=_positive_int, help="trials to run (default: the space's)")
+    s.add_argument("--max-concurrent", type=_positive_int, help="trials running at once")
+    s.add_argument("--cpus-per-trial", type=_non_negative_float, default=None, help="CPUs per trial worker")
+    s.add_argument("--gpus-per-trial", type=_non_negative_float, default=0.0, help="GPUs per trial worker")
+    s.add_argument("--workers-per-trial", type=_positive_int, default=1,
+                   help="data-parallel DeepSpeed workers per trial (Ray Train)")
+    s.add_argument("--data-dir", help="folder with the CS224N files (default: built-in synthetic data)")
+    s.add_argument("--address", help="Ray cluster address (e.g. auto or HOST:6379); default: a local Ray")
+    s.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray (default: all)")
+    s.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial from its checkpoint")
+    s.add_argument("--time-limit-per-trial", type=_non_negative_float, default=None,
+                   help="seconds a trial may run before it is stopped and marked failed")
+    s.add_argument("--exist-ok-suffix", action="store_true",
+                   help="if the experiment folder exists, use NAME-2, NAME-3, ... instead of refusing")
+    s.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    s.add_argument("--smoke-test", action="store_true", help="2 tiny trials, to check the set-up")
+
+    r = sub.add_parser("resume", help="continue an interrupted experiment")
+    r.add_argument("exp_dir")
+    r.add_argument("--address", help="Ray cluster address")
+    r.add_argument("--num-cpus", type=_positive_int)
+    r.add_argument("--no-report", action="store_true")
+
+    rep = sub.add_parser("report", help="write the ablation report of an experiment")
+    rep.add_argument("exp_dir")
+
+    tb = sub.add_parser("tensorboard", help="start TensorBoard on an experiment (127.0.0.1)")
+    tb.add_argument("exp_dir")
+    tb.add_argument("--port", type=int, default=6006)
+    tb.add_argument("--host", default="127.0.0.1", help="bind address; anything but loopback needs --allow-remote")
+    tb.add_argument("--allow-remote", action="store_true")
+
+    c = sub.add_parser("check-cluster", help="validate a Ray cluster-launcher file")
+    c.add_argument("file")
+
+    d = sub.add_parser("data", help="data sets")
+    dsub = d.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    dl = dsub.add_parser("download", help="fetch the official CS224N files and check them")
+    dl.add_argument("--dest", required=True)
+    dl.add_argument("--base-url", default=None, help="mirror of the starter repository's data/ folder")
+    sy = dsub.add_parser("synth", help="write the built-in synthetic data set (CS224N format)")
+    sy.add_argument("--dest", required=True)
+    sy.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "train":
+        from hpsearch._train_cmd import run_train
+
+        return run_train(args)
+    if args.command == "sweep":
+        from hpsearch.sweep import run_sweep_command
+
+        return run_sweep_command(args)
+    if args.command == "resume":
+        from hpsearch.sweep import run_resume_command
+
+        return run_resume_command(args)
+    if args.command == "report":
+        return _report(Path(args.exp_dir))
+    if args.command == "tensorboard":
+        from hpsearch.tensorboard import serve_forever
+
+        exp = Path(args.exp_dir)
+        if not exp.is_dir():
+            raise ConfigError(f"experiment folder {exp} does not exist: pass the folder a sweep wrote")
+        serve_forever(exp, host=args.host, port=args.port, allow_remote=args.allow_remote)
+        return 0
+    if args.command == "check-cluster":
+        from hpsearch.cluster import check_cluster_file
+
+        summary = check_cluster_file(args.file)
+        print(summary.describe() if hasattr(summary, "describe") else summary)
+        return 0
+    if args.command == "data":
+        return _data(args)
+    raise AssertionError(args.command)
+
+
+def _report(exp_dir: Path) -> int:
+    if not exp_dir.is_dir():
+        raise ConfigError(f"experiment folder {exp_dir} does not exist: pass the folder a sweep wrote")
+    from reports import build_report
+
+    out = build_report(exp_dir)
+    print(f"report written to {out}")
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    dest = Path(args.dest)
+    if args.data_command == "download":
+        from trainables.minbert.download import download_cs224n
+
+        kwargs = {"base_url": args.base_url} if args.base_url else {}
+        files = download_cs224n(dest, **kwargs)
+        print(f"{len(files)} files checked and written to {dest}")
+        return 0
+    from trainables.minbert.synthetic import write_synthetic_dataset
+
+    write_synthetic_dataset(dest, seed=args.seed)
+    print(f"synthetic data set written to {dest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

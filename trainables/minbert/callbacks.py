@@ -1,0 +1,143 @@
+"""What happens around the training loop: metric files, TensorBoard, progress.
+
+The loop in `train.py` calls these hooks at fixed points and knows nothing of what they do.
+A Ray Tune trial adds its own callback (in `hpsearch`) that reports each evaluation.
+
+    on_train_start(trainer)                      after setup, before the first step
+    on_step_end(trainer, logs)                   after every optimizer step
+    on_evaluate(trainer, metrics, checkpoint)    after every dev evaluation (checkpoint or None)
+    on_train_end(trainer, summary)               once, with the final summary
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from trainables.minbert.train import MultitaskTrainer
+
+
+class TrainerCallback:
+    """No-op hooks; override the ones you need."""
+
+    def on_train_start(self, trainer: MultitaskTrainer) -> None:
+        pass
+
+    def on_step_end(self, trainer: MultitaskTrainer, logs: dict[str, Any]) -> None:
+        pass
+
+    def on_evaluate(self, trainer: MultitaskTrainer, metrics: dict[str, Any],
+                    checkpoint: Path | None) -> None:
+        pass
+
+    def on_train_end(self, trainer: MultitaskTrainer, summary: dict[str, Any]) -> None:
+        pass
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON next to its final name, then rename: a crash never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True, default=_jsonable)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+class MetricsFileWriter(TrainerCallback):
+    """`metrics.jsonl`, one line per evaluation, and `summary.json` at the end."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+
+    def on_evaluate(self, trainer: MultitaskTrainer, metrics: dict[str, Any],
+                    checkpoint: Path | None) -> None:
+        line = json.dumps({k: _finite_or_none(v) for k, v in metrics.items()}, sort_keys=True)
+        with open(self.out_dir / "metrics.jsonl", "a") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def on_train_end(self, trainer: MultitaskTrainer, summary: dict[str, Any]) -> None:
+        write_json_atomic(self.out_dir / "summary.json", summary)
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class TensorBoardLogger(TrainerCallback):
+    """Per-step task losses, learning rate, PCGrad statistics, dev metrics, and HParams."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.writer = None
+
+    def on_train_start(self, trainer: MultitaskTrainer) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(self.log_dir))
+
+    def on_step_end(self, trainer: MultitaskTrainer, logs: dict[str, Any]) -> None:
+        step = logs["step"]
+        for key, value in logs.items():
+            if key.startswith("loss_"):
+                self.writer.add_scalar(f"loss/{key[5:]}", value, step)
+            elif key.startswith("pcgrad_"):
+                self.writer.add_scalar(f"pcgrad/{key[7:]}", value, step)
+        self.writer.add_scalar("train/lr", logs["lr"], step)
+
+    def on_evaluate(self, trainer: MultitaskTrainer, metrics: dict[str, Any],
+                    checkpoint: Path | None) -> None:
+        for key, value in metrics.items():
+            if key.startswith("dev_") and isinstance(value, float):
+                self.writer.add_scalar(f"dev/{key[4:]}", value, metrics["step"])
+        self.writer.flush()
+
+    def on_train_end(self, trainer: MultitaskTrainer, summary: dict[str, Any]) -> None:
+        hparams = {k: v for k, v in trainer.cfg.to_flat_dict().items()
+                   if isinstance(v, (int, float, str, bool))}
+        final = {f"hparam/{k}": v for k, v in summary.items()
+                 if k.startswith(("dev_", "test_")) and isinstance(v, float) and math.isfinite(v)}
+        self.writer.add_hparams(hparams, final, run_name="hparams")
+        self.writer.close()
+
+
+class ProgressBar(TrainerCallback):
+    """A tqdm bar over optimizer steps, with the latest losses and dev score."""
+
+    def __init__(self) -> None:
+        self.bar = None
+        self.last_dev: float | None = None
+
+    def on_train_start(self, trainer: MultitaskTrainer) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=trainer.total_steps, initial=trainer.step, unit="step",
+                        dynamic_ncols=True)
+
+    def on_step_end(self, trainer: MultitaskTrainer, logs: dict[str, Any]) -> None:
+        post = {k[5:]: f"{v:.3f}" for k, v in logs.items() if k.startswith("loss_")}
+        if self.last_dev is not None:
+            post["dev"] = f"{self.last_dev:.3f}"
+        self.bar.set_postfix(post, refresh=False)
+        self.bar.update(1)
+
+    def on_evaluate(self, trainer: MultitaskTrainer, metrics: dict[str, Any],
+                    checkpoint: Path | None) -> None:
+        self.last_dev = metrics.get("dev_overall")
+
+    def on_train_end(self, trainer: MultitaskTrainer, summary: dict[str, Any]) -> None:
+        self.bar.close()
