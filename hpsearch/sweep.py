@@ -1,0 +1,454 @@
+"""`hpsearch sweep`: a YAML search space becomes a Ray Tune experiment.
+
+    hpsearch sweep search_spaces/default.yaml --data-dir ../shared/data/cs224n --max-concurrent 2
+
+Each trial is one multitask minBERT run (`trainables.minbert.train`), trained through a
+DeepSpeed engine: a single-process engine inside the Tune trial, or, with
+`--workers-per-trial N`, N data-parallel DeepSpeed workers through Ray Train (the Train V2
+pattern: a Tune function trainable that fits a `TorchTrainer`). Optuna samples the
+configurations (TPE by default, seeded) and keeps its study in `EXP_DIR/optuna.journal`;
+ASHA stops hopeless trials on the evaluations they report several times per epoch.
+
+The experiment folder, `STORAGE/NAME/`:
+    experiment.json        what was asked (space, settings, overrides, trial count, command)
+    search_space.yaml      a copy of the space, so that resume and reports need nothing else
+    optuna.journal         the Optuna study (optuna.load_study / optuna-dashboard open it)
+    trials/<id>.json       each trial's status, reason, variant and resolved configuration
+    runs/<id>/             each trial's run folder (metrics.jsonl, summary.json, tb/, ...)
+    <ray trial folders>    Ray's own results and the checkpoints trials resume from
+    report/                the ablation report (`hpsearch report EXP_DIR`)
+On a multi-node cluster, STORAGE must be a file system every node sees (NFS, EFS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpsearch.space import SearchSpace, load_search_space
+from trainables.errors import ConfigError
+from trainables.minbert.callbacks import TrainerCallback, write_json_atomic
+from trainables.minbert.config import build_trial_config, parse_override
+
+EXPERIMENT_FILE = "experiment.json"
+SPACE_COPY = "search_space.yaml"
+JOURNAL = "optuna.journal"
+
+# What --smoke-test changes in every trial: a few steps on a little data.
+SMOKE_TRIAL_OVERRIDES = {
+    "data.max_train_examples": 48, "data.max_eval_examples": 32, "data.train_eval_examples": 16,
+    "data.max_length": 32, "train.max_steps": 4, "train.evals_per_epoch": 2, "train.batch_size": 8,
+}
+
+
+@dataclass
+class SweepSettings:
+    """How a sweep runs (as opposed to what it searches, which the space file says)."""
+
+    name: str | None = None  # experiment folder name; default: the space's name
+    storage_path: str = "results"  # experiments live in STORAGE/NAME
+    num_samples: int | None = None  # default: the space's
+    max_concurrent: int | None = None  # default: the space's, else as many as resources allow
+    cpus_per_trial: float | None = None  # per worker; default 1
+    gpus_per_trial: float = 0.0  # per worker
+    workers_per_trial: int = 1  # >1: data-parallel DeepSpeed through Ray Train
+    data_dir: str | None = None  # CS224N files; None: the built-in synthetic data
+    address: str | None = None  # Ray cluster address; None: start a local Ray
+    num_cpus: int | None = None  # CPUs of the local Ray
+    max_failures: int = 2  # retries of a failed trial from its last checkpoint
+    time_limit_per_trial: float | None = None  # seconds
+    exist_ok_suffix: bool = False  # NAME exists: use NAME-2, ... instead of refusing
+    smoke_test: bool = False
+    report: bool = True
+    overrides: dict[str, Any] = field(default_factory=dict)  # dotted, applied to every trial
+
+
+# ---------------------------------------------------------------------------- preparation
+def resolve_trial(space: SearchSpace, sampled: dict[str, Any], extra: dict[str, Any]):
+    """The validated TrialConfig of a sampled point, with the sweep-wide overrides on top."""
+    cfg = space.resolve(sampled)
+    if not extra:
+        return cfg
+    return build_trial_config(cfg.model_dump(), extra, source="sweep overrides")
+
+
+def _check_inputs(space: SearchSpace, settings: SweepSettings) -> dict[str, Any]:
+    """Refuse bad input before anything is launched; returns the per-trial overrides."""
+    extra = dict(settings.overrides)
+    if settings.smoke_test:
+        extra = {**SMOKE_TRIAL_OVERRIDES, **extra}
+    if settings.data_dir:
+        data_dir = Path(settings.data_dir).expanduser()
+        if not data_dir.is_dir():
+            raise ConfigError(f"--data-dir {data_dir} does not exist: pass the folder holding the "
+                              "CS224N files (see `hpsearch data download`)")
+        extra["data.data_dir"] = str(data_dir.resolve())
+    if settings.workers_per_trial > 1:
+        extra["train.num_workers"] = settings.workers_per_trial
+    # Every override must fit the trial config: resolve one point of the space with them.
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    study = optuna.create_study(sampler=space.optuna_sampler(),
+                                directions=["maximize"] * max(1, len(space.objectives)))
+    trial = study.ask()
+    constants = space.define_by_run(trial) or {}
+    resolve_trial(space, {**trial.params, **constants}, extra)
+    return extra
+
+
+def _check_data(space: SearchSpace, extra: dict[str, Any]) -> list[str]:
+    """Load (and so tokenise and cache) the data once in the driver: bad files fail here,
+    before any trial starts, and every trial then reads the shared token cache."""
+    import optuna
+
+    from trainables.minbert.checkpoint import resolve_checkpoint_dir
+    from trainables.minbert.data import load_multitask_data
+    from trainables.minbert.tokenizer import WordPieceTokenizer
+
+    trial = optuna.create_study(sampler=space.optuna_sampler(),
+                                directions=["maximize"] * max(1, len(space.objectives))).ask()
+    constants = space.define_by_run(trial) or {}
+    cfg = resolve_trial(space, {**trial.params, **constants}, extra)
+    vocab = (Path(cfg.model.vocab_file) if cfg.model.checkpoint == "random" and cfg.model.vocab_file
+             else resolve_checkpoint_dir("minilm" if cfg.model.checkpoint == "random"
+                                         else cfg.model.checkpoint) / "vocab.txt")
+    data = load_multitask_data(cfg.data, WordPieceTokenizer(vocab), cfg.model.pair_encoding)
+    return data.notes
+
+
+def _experiment_dir(settings: SweepSettings, space: SearchSpace) -> Path:
+    name = settings.name or space.name
+    if not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"experiment name {name!r} is not a plain folder name: pass --name NAME")
+    root = Path(settings.storage_path).expanduser().resolve()
+    exp = root / name
+    if exp.exists():
+        if not settings.exist_ok_suffix:
+            raise ConfigError(f"experiment folder {exp} already exists: pass another --name, "
+                              f"or `hpsearch resume {exp}` to continue it")
+        n = 2
+        while (root / f"{name}-{n}").exists():
+            n += 1
+        exp = root / f"{name}-{n}"
+        print(f"experiment folder {root / name} exists: writing to {exp} instead", file=sys.stderr)
+    return exp
+
+
+# ---------------------------------------------------------------------------- trials
+class _TuneReporter(TrainerCallback):
+    """Reports every evaluation to Ray Tune (or Ray Train), with its checkpoint."""
+
+    def __init__(self, report_fn: Any, rank: int = 0, in_tune: bool = True) -> None:
+        self.report_fn, self.rank, self.in_tune = report_fn, rank, in_tune
+
+    def on_evaluate(self, trainer: Any, metrics: dict[str, Any], checkpoint: Path | None) -> None:
+        if self.in_tune:
+            from ray.tune import Checkpoint
+        else:
+            from ray.train import Checkpoint
+        result = {k: v for k, v in metrics.items() if v is not None}
+        result["node_id"] = _node_id()
+        ckpt = Checkpoint.from_directory(str(checkpoint)) if checkpoint and self.rank == 0 else None
+        self.report_fn(result, checkpoint=ckpt)
+
+
+def _node_id() -> str:
+    import ray
+
+    try:
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # not inside Ray (cannot happen in a sweep, but harmless)
+        return "local"
+
+
+def _run_one(cfg_dict: dict[str, Any], run_dir: str, resume_from: str | None,
+             report_fn: Any, rank: int, in_tune: bool = True) -> None:
+    """Train one trial (in this process), report each evaluation and the final summary."""
+    from trainables.minbert.config import TrialConfig
+    from trainables.minbert.train import NonFiniteLossError, train_trial
+
+    cfg = TrialConfig.model_validate(cfg_dict)
+    try:  # the final evaluation's report carries "final": True and the train/test scores
+        train_trial(cfg, run_dir, callbacks=[_TuneReporter(report_fn, rank, in_tune)], resume_from=resume_from)
+    except NonFiniteLossError as exc:
+        # Not worth retrying: the same seed diverges again. Reported as a failed final result.
+        write_json_atomic(Path(run_dir) / "summary.json", {"status": "failed", "reason": str(exc)})
+        report_fn({"final": True, "failed": 1, "error": str(exc),
+                   "dev_overall": float("nan")}, checkpoint=None)
+        return
+
+
+def _tune_trial(config: dict[str, Any], exp_dir: str) -> None:
+    """The Tune function trainable: resolve the sampled point, then train (or fan out)."""
+    import ray.tune
+
+    exp = Path(exp_dir)
+    meta = json.loads((exp / EXPERIMENT_FILE).read_text())
+    space = load_search_space(exp / SPACE_COPY)
+    cfg = resolve_trial(space, config, meta["trial_overrides"])
+    trial_id = ray.tune.get_context().get_trial_id()
+    run_dir = exp / "runs" / trial_id
+    checkpoint = ray.tune.get_checkpoint()
+    resume_from = None
+    if checkpoint is not None:
+        resume_from = checkpoint.to_directory(str(run_dir / "resume" / f"{time.time_ns()}"))
+    workers = meta["settings"]["workers_per_trial"]
+    if workers <= 1:
+        _run_one(cfg.model_dump(), str(run_dir), resume_from, ray.tune.report, rank=0)
+        return
+    _fit_data_parallel(cfg.model_dump(), str(run_dir), resume_from, meta["settings"], trial_id, exp)
+
+
+def _train_worker(loop_config: dict[str, Any]) -> None:
+    """One data-parallel DeepSpeed worker inside Ray Train."""
+    import ray.train
+
+    ctx = ray.train.get_context()
+    os.environ.setdefault("LOCAL_RANK", str(ctx.get_local_rank()))
+    os.environ.setdefault("RANK", str(ctx.get_world_rank()))
+    os.environ.setdefault("WORLD_SIZE", str(ctx.get_world_size()))
+    _run_one(loop_config["cfg"], loop_config["run_dir"], loop_config["resume_from"],
+             ray.train.report, rank=ctx.get_world_rank(), in_tune=False)
+
+
+def _fit_data_parallel(cfg: dict[str, Any], run_dir: str, resume_from: str | None,
+                       settings: dict[str, Any], trial_id: str, exp: Path) -> None:
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    per_worker = {"CPU": settings["cpus_per_trial"] or 1}
+    if settings["gpus_per_trial"]:
+        per_worker["GPU"] = settings["gpus_per_trial"]
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"cfg": cfg, "run_dir": run_dir, "resume_from": resume_from},
+        scaling_config=ScalingConfig(num_workers=settings["workers_per_trial"],
+                                     use_gpu=bool(settings["gpus_per_trial"]),
+                                     resources_per_worker=per_worker),
+        run_config=RunConfig(name=trial_id, storage_path=str(exp / "train_runs"),
+                             callbacks=[TuneReportCallback()]),
+    )
+    trainer.fit()
+
+
+# ---------------------------------------------------------------------------- statuses
+def _status_callback_cls():
+    from ray.tune import Callback
+
+    class StatusRecorder(Callback):
+        """Writes trials/<id>.json as trials start, report, finish, stop early or fail."""
+
+        def __init__(self, exp_dir: Path, space: SearchSpace, extra: dict[str, Any],
+                     time_limit: float | None) -> None:
+            self.exp_dir, self.space, self.extra, self.time_limit = exp_dir, space, extra, time_limit
+            (exp_dir / "trials").mkdir(parents=True, exist_ok=True)
+
+        def _write(self, trial: Any, status: str, reason: str | None) -> None:
+            try:
+                flat = resolve_trial(self.space, trial.config, self.extra).to_flat_dict()
+            except ConfigError:
+                flat = dict(trial.config)
+            last = trial.last_result or {}
+            write_json_atomic(self.exp_dir / "trials" / f"{trial.trial_id}.json", {
+                "trial_id": trial.trial_id, "status": status, "reason": reason,
+                "trial_dir": f"runs/{trial.trial_id}", "variant": self.space.variant_of(trial.config),
+                "config": flat, "searched": [p.key for p in self.space.parameters if p.kind != "fixed"],
+                "evaluations": last.get("training_iteration", 0), "ray_trial_dir": trial.path})
+
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._write(trial, "running", None)
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            last = trial.last_result or {}
+            if last.get("failed"):
+                self._write(trial, "failed", last.get("error"))
+            elif last.get("final"):
+                self._write(trial, "finished", None)
+            else:
+                n, step = last.get("training_iteration", 0), last.get("step")
+                limit = self.time_limit
+                if limit and last.get("time_total_s", 0) >= limit:
+                    reason = f"time limit of {limit:g} s reached after {n} evaluations (step {step})"
+                    self._write(trial, "failed", reason)
+                else:
+                    self._write(trial, "stopped", f"stopped early by ASHA after {n} evaluations (step {step})")
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._write(trial, "failed", _error_line(trial))
+
+    return StatusRecorder
+
+
+def _error_line(trial: Any) -> str:
+    """The last line of a failed trial's traceback: the exception and its message."""
+    path = getattr(trial, "error_file", None) or getattr(trial, "pickled_error_file", None)
+    try:
+        text = Path(path).read_text() if path else ""
+    except OSError:
+        text = ""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "failed (no error message recorded)"
+
+
+# ---------------------------------------------------------------------------- tuner
+def _trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"  # named by id, never by hyperparameter values
+
+
+def _init_ray(address: str | None, num_cpus: int | None) -> None:
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, dashboard_host="127.0.0.1",
+                 log_to_driver=True, configure_logging=True, logging_level="WARNING")
+
+
+def _build_tuner(exp: Path, space: SearchSpace, meta: dict[str, Any], restore: bool = False):
+    import optuna
+    from ray import tune
+    from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    s = meta["settings"]
+    workers = s["workers_per_trial"]
+    per = {"cpu": s["cpus_per_trial"] or 1, "gpu": s["gpus_per_trial"]}
+    resources = {"cpu": 0.1} if workers > 1 else per  # >1: the workers hold the resources
+    trainable = tune.with_resources(tune.with_parameters(_tune_trial, exp_dir=str(exp)), resources)
+    if restore:
+        return tune.Tuner.restore(str(exp), trainable=trainable, resume_unfinished=True,
+                                  resume_errored=True)
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(exp / JOURNAL)))
+    searcher = OptunaSearch(space=space.define_by_run, metric=space.metric, mode=space.mode,
+                            sampler=space.optuna_sampler(), storage=storage,
+                            study_name=meta["study_name"])
+    max_concurrent = s["max_concurrent"] or space.max_concurrent
+    search_alg = ConcurrencyLimiter(searcher, max_concurrent) if max_concurrent else searcher
+    scheduler = None
+    if space.scheduler == "asha" and not space.multi_objective:
+        scheduler = ASHAScheduler(time_attr="training_iteration", metric=space.metric,
+                                  mode=space.mode, max_t=10_000,
+                                  grace_period=space.asha_grace_period,
+                                  reduction_factor=space.asha_reduction_factor)
+    stop = {"time_total_s": s["time_limit_per_trial"]} if s["time_limit_per_trial"] else None
+    recorder = _status_callback_cls()(exp, space, meta["trial_overrides"], s["time_limit_per_trial"])
+    return tune.Tuner(
+        trainable,
+        tune_config=TuneConfig(search_alg=search_alg, scheduler=scheduler,
+                               num_samples=meta["total_trials"], reuse_actors=False,
+                               trial_dirname_creator=_trial_dirname),
+        run_config=RunConfig(name=exp.name, storage_path=str(exp.parent), stop=stop,
+                             failure_config=FailureConfig(max_failures=s["max_failures"]),
+                             checkpoint_config=CheckpointConfig(num_to_keep=1),
+                             callbacks=[recorder], verbose=1),
+    )
+
+
+# ---------------------------------------------------------------------------- entry points
+def run_sweep(space_path: str | Path, settings: SweepSettings | None = None) -> Path:
+    """Validate, lay out the experiment folder, run every trial, write the report."""
+    settings = settings or SweepSettings()
+    space_overrides = {}
+    if settings.num_samples:
+        space_overrides["search.num_samples"] = settings.num_samples
+    space = load_search_space(space_path, overrides=space_overrides or None)
+    if settings.smoke_test and space.sampler != "grid":
+        space.num_samples = min(space.num_samples, 2)
+    extra = _check_inputs(space, settings)
+    exp = _experiment_dir(settings, space)
+    notes = _check_data(space, extra)
+    exp.mkdir(parents=True)
+    (exp / SPACE_COPY).write_text(Path(space_path).read_text())
+    meta = {"name": exp.name, "study_name": exp.name, "space": str(Path(space_path).resolve()),
+            "metric": space.metric, "mode": space.mode,
+            "objectives": [asdict(o) for o in space.objectives],
+            "total_trials": space.total_trials(), "trial_overrides": extra,
+            "settings": asdict(settings), "data_notes": notes,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": " ".join(shlex.quote(a) for a in sys.argv)}
+    write_json_atomic(exp / EXPERIMENT_FILE, meta)
+    _init_ray(settings.address, settings.num_cpus)
+    tuner = _build_tuner(exp, space, meta)
+    _fit(tuner, exp)
+    if settings.report:
+        _report(exp)
+    return exp
+
+
+def resume_sweep(exp_dir: str | Path, address: str | None = None, num_cpus: int | None = None,
+                 report: bool = True) -> Path:
+    """Continue an interrupted experiment: finished trials stay, unfinished ones resume."""
+    exp = Path(exp_dir).expanduser().resolve()
+    if not (exp / EXPERIMENT_FILE).is_file():
+        raise ConfigError(f"{exp} is not an hpsearch experiment folder (no {EXPERIMENT_FILE}): "
+                          "pass the folder a sweep wrote")
+    meta = json.loads((exp / EXPERIMENT_FILE).read_text())
+    space = load_search_space(exp / SPACE_COPY)
+    from ray import tune
+
+    if not tune.Tuner.can_restore(str(exp)):
+        raise ConfigError(f"{exp}: Ray's experiment state is missing (the sweep stopped before its "
+                          "first trial started); start a new sweep instead")
+    _init_ray(address, num_cpus)
+    tuner = _build_tuner(exp, space, meta, restore=True)
+    _fit(tuner, exp)
+    if report:
+        _report(exp)
+    return exp
+
+
+def _fit(tuner: Any, exp: Path) -> None:
+    t0 = time.perf_counter()
+    grid = tuner.fit()
+    statuses = [json.loads(p.read_text())["status"] for p in sorted((exp / "trials").glob("*.json"))]
+    counts = {s: statuses.count(s) for s in sorted(set(statuses))}
+    print(f"sweep {exp.name}: {len(grid)} trials in {time.perf_counter() - t0:.0f} s; "
+          + ", ".join(f"{n} {s}" for s, n in counts.items()))
+
+
+def _report(exp: Path) -> None:
+    from reports import build_report
+
+    out = build_report(exp)
+    print(f"report: {out}")
+
+
+def settings_from_args(args: argparse.Namespace) -> SweepSettings:
+    overrides = dict(parse_override(o) for o in args.overrides)
+    return SweepSettings(
+        name=args.name, storage_path=args.storage_path, num_samples=args.num_samples,
+        max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial, workers_per_trial=args.workers_per_trial,
+        data_dir=args.data_dir, address=args.address, num_cpus=args.num_cpus,
+        max_failures=args.max_failures, time_limit_per_trial=args.time_limit_per_trial,
+        exist_ok_suffix=args.exist_ok_suffix, smoke_test=args.smoke_test,
+        report=not args.no_report, overrides=overrides)
+
+
+def run_sweep_command(args: argparse.Namespace) -> int:
+    exp = run_sweep(args.space, settings_from_args(args))
+    print(f"experiment folder: {exp}")
+    return 0
+
+
+def run_resume_command(args: argparse.Namespace) -> int:
+    resume_sweep(args.exp_dir, address=args.address, num_cpus=args.num_cpus,
+                 report=not args.no_report)
+    return 0
