@@ -1,0 +1,568 @@
+"""Training-loop throughput: the hpsearch pipeline against a CS224N-starter-style pipeline.
+
+    .venv/bin/python benchmarks/bench_throughput.py --data-dir /work/shared/data/cs224n --steps 20
+
+Both pipelines train the same MultitaskBert (same initial weights, dropout, losses) on the same
+training examples, one batch of every task (sst, para, sts) per step, `--batch-size` examples
+per task:
+
+    A "starter-style"  raw texts tokenised at every step (the starter's collate_fn), batches
+                       drawn at random (a shuffled pass cut in order) and padded to their
+                       longest item, fp32, plain torch.optim.AdamW, one backward of the summed
+                       loss.
+    B "hpsearch"       token ids tokenised once and cached (`load_multitask_data`), length-
+                       bucketed batches (`EncodedSplit.batches` through the trainer's
+                       `TaskStream`), the trainer's step: a DeepSpeed engine from `build_engine`
+                       and `surgery_step` with `SumGradients` (also one backward of the summed
+                       loss), bf16 only where the hardware has it (`train.deepspeed.precision`
+                       "auto", as in a trial), fp32 otherwise.
+
+The two alternate in blocks of `--block` steps (A B B A A B ...), after `--warmup` untimed steps
+each, so that load from other processes hits both alike. A step's time includes building its
+batches (tokenising, for A). Reported: median examples/s over the blocks of each pipeline and
+their ratio, the padding share of each pipeline on each task over one full shuffled pass, and
+the time A spends tokenising. `--set key=value` passes trial-config overrides
+(e.g. `--set model.checkpoint=random` for a tiny smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from trainables.errors import ConfigError  # noqa: E402
+from trainables.minbert.checkpoint import resolve_checkpoint_dir  # noqa: E402
+from trainables.minbert.config import TrialConfig, load_trial_config  # noqa: E402
+from trainables.minbert.data import (  # noqa: E402
+    TASKS,
+    Batch,
+    EncodedSplit,
+    MultitaskData,
+    batch_indices,
+    held_out_count,
+    load_multitask_data,
+    padding_share,
+    read_task_file,
+    split_order,
+    task_files,
+)
+from trainables.minbert.engine import (  # noqa: E402
+    build_engine,
+    hardware_has_bf16,
+    surgery_step,
+    use_bf16,
+)
+from trainables.minbert.extensions import SumGradients  # noqa: E402
+from trainables.minbert.model import BertConfig, BertModel  # noqa: E402
+from trainables.minbert.multitask import MultitaskBert  # noqa: E402
+from trainables.minbert.tokenizer import WordPieceTokenizer  # noqa: E402
+from trainables.minbert.train import TaskStream  # noqa: E402
+
+INPUT_KEYS = ("inputs", "inputs_a", "inputs_b")
+
+
+# ---------------------------------------------------------------------------------------------
+# What one step measured
+
+
+@dataclass
+class StepRecord:
+    examples: int  # examples in this step, over the three tasks
+    seconds: float  # wall time of the whole step, batch building included
+    data_seconds: float  # building the step's batches (tokenising and padding, for A)
+    positions: int  # token positions the encoder computed (siamese sides widened alike)
+    pad_positions: int  # of which padding
+
+
+def batch_positions(batch: Batch) -> tuple[int, int, int, int]:
+    """(positions, pads) per input as `padding_share` counts them, then (positions, pads) as
+    the encoder computes them: MultitaskBert widens both siamese sides to the wider one."""
+    total = pads = 0
+    for key in INPUT_KEYS:
+        if key in batch:
+            mask = batch[key]["attention_mask"]
+            total += mask.numel()
+            pads += int((mask == 0).sum())
+    if "inputs_a" in batch:
+        a, b = batch["inputs_a"]["attention_mask"], batch["inputs_b"]["attention_mask"]
+        computed = 2 * a.shape[0] * max(a.shape[1], b.shape[1])
+        return total, pads, computed, computed - int(a.sum()) - int(b.sum())
+    return total, pads, total, pads
+
+
+# ---------------------------------------------------------------------------------------------
+# Pipeline A: starter-style
+
+
+@dataclass
+class RawSplit:
+    """The normalised raw texts of one task's training split, in the EncodedSplit's order."""
+
+    task: str
+    ids: list[str]
+    texts: list[tuple[str, ...]]  # one text (sst) or two (pairs) per example
+    labels: torch.Tensor
+
+
+def load_raw_train(data: MultitaskData, task: str, cfg: TrialConfig) -> RawSplit:
+    """Read the train file as the starter does (normalised strings, no tokens), keeping exactly
+    the rows of `data.train[task]`: the same held-out split, order and cap."""
+    assert data.data_dir is not None
+    train_path, _, _ = task_files(data.data_dir, task)
+    parsed = read_task_file(train_path, task)
+    order = split_order(parsed.ids, cfg.data.split_seed, f"{task}/heldout")
+    rows = order[held_out_count(len(order), cfg.data.test_fraction):]
+    rows = rows[: len(data.train[task])]
+    raw = RawSplit(task, [parsed.ids[i] for i in rows], [parsed.texts[i] for i in rows],
+                   data.train[task].labels)
+    if raw.ids != data.train[task].ids:
+        raise RuntimeError(f"{task}: the raw rows differ from data.py's train split; update "
+                           "load_raw_train to follow load_multitask_data")
+    return raw
+
+
+class StarterPipeline:
+    """Tokenise every batch from raw strings, random batches padded to their longest item,
+    fp32, torch AdamW, one backward of the summed task losses."""
+
+    name = "A starter-style"
+
+    def __init__(self, model: MultitaskBert, raw: dict[str, RawSplit], sort_keys: dict[str, list[int]],
+                 tokenizer: WordPieceTokenizer, cfg: TrialConfig, seeds: dict[str, int]) -> None:
+        self.model, self.raw, self.tokenizer, self.cfg = model, raw, tokenizer, cfg
+        t = cfg.train
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        self._iters = {task: self._indices(sort_keys[task], seeds[task]) for task in raw}
+        self.records: list[StepRecord] = []
+
+    def _indices(self, sort_keys: list[int], seed: int) -> Iterator[list[int]]:
+        # A DataLoader(shuffle=True): every pass a fresh permutation, cut in order (no bucketing).
+        gen = torch.Generator().manual_seed(seed)
+        while True:
+            yield from batch_indices(sort_keys, self.cfg.train.batch_size, True, gen, bucket=False)
+
+    def make_batch(self, task: str, idx: Sequence[int]) -> Batch:
+        """Tokenise and pad the raw texts of examples `idx`, as the starter's collate_fn does."""
+        raw, tok, max_len = self.raw[task], self.tokenizer, self.cfg.data.max_length
+        batch: Batch = {"task": task, "ids": [raw.ids[i] for i in idx],
+                        "labels": raw.labels[torch.as_tensor(list(idx), dtype=torch.long)]}
+        first = [raw.texts[i][0] for i in idx]
+        if task == "sst":
+            batch["inputs"] = tok.pad(tok.encode(first, max_len))
+        elif self.model.pair_encoding == "siamese":
+            second = [raw.texts[i][1] for i in idx]
+            batch["inputs_a"] = tok.pad(tok.encode(first, max_len))
+            batch["inputs_b"] = tok.pad(tok.encode(second, max_len))
+        else:
+            second = [raw.texts[i][1] for i in idx]
+            batch["inputs"] = tok.pad(*tok.encode_pairs(first, second, max_len))
+        return batch
+
+    def step(self) -> StepRecord:
+        self.model.train()
+        t0 = time.perf_counter()
+        batches = {t: self.make_batch(t, next(self._iters[t])) for t in TASKS}
+        t_data = time.perf_counter() - t0
+        losses = {t: self.model.loss(b) for t, b in batches.items()}
+        self.optimizer.zero_grad(set_to_none=True)
+        sum(losses[t] for t in sorted(losses)).backward()
+        self.optimizer.step()
+        _check_finite(losses)
+        seconds = time.perf_counter() - t0
+        return _record(batches, seconds, t_data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pipeline B: hpsearch
+
+
+class HpsearchPipeline:
+    """Cached token ids, length-bucketed `TaskStream`s, the trainer's DeepSpeed step."""
+
+    name = "B hpsearch"
+
+    def __init__(self, model: MultitaskBert, data: MultitaskData, tokenizer: WordPieceTokenizer,
+                 cfg: TrialConfig, seeds: dict[str, int]) -> None:
+        self.engine = build_engine(model, cfg.train)
+        self.model: MultitaskBert = self.engine.module
+        self.shared = self.model.shared_parameters()
+        self.surgery = SumGradients()
+        self.streams = {t: TaskStream(data.train[t], cfg.train.batch_size, tokenizer, seeds[t])
+                        for t in TASKS}
+        self.records: list[StepRecord] = []
+
+    def step(self) -> StepRecord:
+        # MultitaskTrainer._train_step, minus the logging dict.
+        self.model.train()
+        t0 = time.perf_counter()
+        batches = {t: self.streams[t].next() for t in TASKS}
+        t_data = time.perf_counter() - t0
+        losses = {t: self.model.loss(b) for t, b in batches.items()}
+        surgery_step(self.engine, losses, self.shared, self.surgery)
+        _check_finite(losses)
+        seconds = time.perf_counter() - t0
+        return _record(batches, seconds, t_data)
+
+
+def _check_finite(losses: dict[str, torch.Tensor]) -> None:
+    for task, loss in losses.items():
+        value = loss.item()  # both loops read the losses back, as a training loop logs them
+        if not math.isfinite(value):
+            raise RuntimeError(f"non-finite {task} loss ({value}): lower the learning rate")
+
+
+def _record(batches: dict[str, Batch], seconds: float, data_seconds: float) -> StepRecord:
+    examples = sum(len(b["ids"]) for b in batches.values())
+    computed = [batch_positions(b)[2:] for b in batches.values()]
+    return StepRecord(examples, seconds, data_seconds, sum(c[0] for c in computed),
+                      sum(c[1] for c in computed))
+
+
+# ---------------------------------------------------------------------------------------------
+# Padding over a full pass
+
+
+@dataclass
+class PassPadding:
+    share: float  # pads / positions per input (`padding_share`'s measure)
+    computed_share: float  # pads / positions the encoder computes (siamese sides widened)
+    positions_per_batch: float  # computed positions per batch
+    pads_per_batch: float
+
+
+def pass_padding(split: EncodedSplit, batch_size: int, tokenizer: WordPieceTokenizer,
+                 bucketed: bool, seed: int = 0) -> PassPadding:
+    """Padding of one shuffled pass of training batches, bucketed (B) or not (A).
+
+    A's batches hold the same token ids as B's (same tokenizer, same truncation), so cutting the
+    cached ids the way A cuts its examples gives A's padding exactly.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    sums = [0, 0, 0, 0]
+    batches = batch_indices(split.sort_keys, batch_size, True, gen, bucket=bucketed)
+    for idx in batches:
+        for k, v in enumerate(batch_positions(split.make_batch(idx, tokenizer))):
+            sums[k] += v
+    total, pads, computed, computed_pads = sums
+    return PassPadding(pads / total, computed_pads / computed, computed / len(batches),
+                       computed_pads / len(batches))
+
+
+def pair_floor(split: EncodedSplit) -> float:
+    """Computed padding that stays with perfect length sorting: each pair's shorter side padded
+    to its longer side (0 for single sentences)."""
+    if not split.is_siamese:
+        return 0.0
+    assert split.tokens_a is not None and split.tokens_b is not None
+    longer = sum(max(len(a), len(b)) for a, b in zip(split.tokens_a, split.tokens_b, strict=True))
+    gap = sum(abs(len(a) - len(b)) for a, b in zip(split.tokens_a, split.tokens_b, strict=True))
+    return gap / (2 * longer)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+@dataclass
+class PipelineResult:
+    name: str
+    steps: int
+    examples: int
+    seconds: float
+    median_examples_per_s: float  # median over blocks of (block examples / block seconds)
+    aggregate_examples_per_s: float  # all examples / all seconds
+    median_step_ms: float
+    data_ms_per_step: float  # mean time building a step's batches
+    data_share: float  # of the step time
+    positions_per_step: float  # computed token positions per step
+    computed_pad_share: float  # padding among the computed positions of the timed steps
+    block_rates: list[float] = field(default_factory=list)
+
+
+def summarise(name: str, records: list[StepRecord], blocks: list[list[StepRecord]]
+              ) -> PipelineResult:
+    seconds = sum(r.seconds for r in records)
+    examples = sum(r.examples for r in records)
+    rates = [sum(r.examples for r in b) / sum(r.seconds for r in b) for b in blocks]
+    data_s = sum(r.data_seconds for r in records)
+    positions = sum(r.positions for r in records)
+    return PipelineResult(
+        name=name, steps=len(records), examples=examples, seconds=seconds,
+        median_examples_per_s=statistics.median(rates),
+        aggregate_examples_per_s=examples / seconds,
+        median_step_ms=1e3 * statistics.median(r.seconds for r in records),
+        data_ms_per_step=1e3 * data_s / len(records), data_share=data_s / seconds,
+        positions_per_step=positions / len(records),
+        computed_pad_share=sum(r.pad_positions for r in records) / positions,
+        block_rates=rates)
+
+
+def build_config(args: argparse.Namespace) -> TrialConfig:
+    overrides = [f"data.max_length={args.max_length}", f"train.batch_size={args.batch_size}",
+                 f"train.seed={args.seed}", f"train.deepspeed.precision={args.precision}",
+                 f"model.checkpoint={args.checkpoint}", f"model.pair_encoding={args.pair_encoding}"]
+    if args.data_dir is not None:
+        overrides.append(f"data.data_dir={args.data_dir}")
+    return load_trial_config(None, overrides + list(args.set))
+
+
+def build_encoder(cfg: TrialConfig) -> tuple[WordPieceTokenizer, BertModel]:
+    """The trial's tokenizer and encoder, as MultitaskTrainer builds them."""
+    m = cfg.model
+    if m.checkpoint == "random":
+        vocab = Path(m.vocab_file) if m.vocab_file else resolve_checkpoint_dir("minilm") / "vocab.txt"
+        tokenizer = WordPieceTokenizer(vocab)
+        config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=m.hidden_size,
+                            num_layers=m.num_layers, num_heads=m.num_heads,
+                            intermediate_size=m.intermediate_size, hidden_dropout=m.dropout,
+                            attention_dropout=m.dropout,
+                            max_position_embeddings=max(512, cfg.data.max_length))
+        return tokenizer, BertModel.from_config(config, seed=cfg.train.seed)
+    folder = resolve_checkpoint_dir(m.checkpoint)
+    return (WordPieceTokenizer.from_checkpoint(folder),
+            BertModel.from_pretrained(folder, hidden_dropout=m.dropout))
+
+
+def cpu_model_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (None where the OS has none): other processes' demand."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.steps < 1 or args.block < 1 or args.warmup < 0:
+        raise ConfigError("--steps and --block must be at least 1 and --warmup at least 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = build_config(args)
+    load_before = _load_average()
+    torch.manual_seed(cfg.train.seed)
+    tokenizer, encoder = build_encoder(cfg)
+
+    t0 = time.perf_counter()
+    data = load_multitask_data(cfg.data, tokenizer, cfg.model.pair_encoding)
+    load_s = time.perf_counter() - t0
+    raw = {t: load_raw_train(data, t, cfg) for t in TASKS}
+    # What the cache saves at every later run: tokenising every training text once.
+    t0 = time.perf_counter()
+    for split in raw.values():
+        for column in zip(*split.texts, strict=True):
+            tokenizer.encode(column, cfg.data.max_length)
+    tokenise_all_s = time.perf_counter() - t0
+
+    m = cfg.model
+    model_a = MultitaskBert(copy.deepcopy(encoder), m.dropout, m.pair_encoding, m.pooling,
+                            cfg.extensions.cosine_sts)
+    model_b = copy.deepcopy(model_a)  # same initial weights, heads included
+    # The trainer's per-task stream seeds for multitask epoch 0; A uses the same seeds.
+    seeds = {t: cfg.train.seed * 7919 + 104729 + i for i, t in enumerate(TASKS)}
+    pipe_a = StarterPipeline(model_a, raw, {t: data.train[t].sort_keys for t in TASKS},
+                             tokenizer, cfg, seeds)
+    pipe_b = HpsearchPipeline(model_b, data, tokenizer, cfg, seeds)
+    bf16 = use_bf16(cfg.train.deepspeed.precision)
+
+    for _ in range(args.warmup):
+        pipe_a.step()
+        pipe_b.step()
+    blocks: dict[str, list[list[StepRecord]]] = {"A": [], "B": []}
+    pipes = {"A": pipe_a, "B": pipe_b}
+    done, k = 0, 0
+    while done < args.steps:
+        n = min(args.block, args.steps - done)
+        for key in ("AB" if k % 2 == 0 else "BA"):  # A B B A A B ...
+            blocks[key].append([pipes[key].step() for _ in range(n)])
+        done, k = done + n, k + 1
+    res = {key: summarise(pipes[key].name, [r for b in blocks[key] for r in b], blocks[key])
+           for key in "AB"}
+    paired = [b / a for a, b in zip(res["A"].block_rates, res["B"].block_rates, strict=True)]
+
+    bs = cfg.train.batch_size
+    padding: dict[str, dict[str, float]] = {}
+    per_batch = {"A": [0.0, 0.0], "B": [0.0, 0.0]}  # computed (pads, positions) per step
+    for task in TASKS:
+        split = data.train[task]
+        pa = pass_padding(split, bs, tokenizer, bucketed=False, seed=cfg.train.seed)
+        pb = pass_padding(split, bs, tokenizer, bucketed=True, seed=cfg.train.seed)
+        padding[task] = {
+            "A": padding_share(split, bs, tokenizer, bucketed=False, seed=cfg.train.seed),
+            "B": padding_share(split, bs, tokenizer, bucketed=True, seed=cfg.train.seed),
+            "A_computed": pa.computed_share, "B_computed": pb.computed_share,
+            "floor_computed": pair_floor(split),
+        }
+        for key, p in (("A", pa), ("B", pb)):
+            per_batch[key][0] += p.pads_per_batch
+            per_batch[key][1] += p.positions_per_batch
+    # A step takes one batch of every task (cycle sampling): pool the tasks batch-weighted.
+    padding["step"] = {f"{key}_computed": pads / pos for key, (pads, pos) in per_batch.items()}
+
+    hw_bf16 = hardware_has_bf16()
+    if bf16:
+        precision_b = "bf16" + ("" if hw_bf16 else " (emulated: this CPU has no bf16 units)")
+    elif hw_bf16:
+        precision_b = "fp32 (precision forced to fp32)"
+    else:
+        precision_b = ("fp32 (this CPU has no avx512_bf16/AMX, so 'auto' stays fp32; bf16 "
+                       "would be emulated and slower)")
+    return {
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if args.record_argv else None,
+        "machine": {"cpu": cpu_model_name(), "cores": os.cpu_count(),
+                    "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "python": sys.version.split()[0], "hardware_bf16": hw_bf16,
+                    "load_average": [load_before, _load_average()]},
+        "setup": {"data_dir": str(data.data_dir), "checkpoint": m.checkpoint,
+                  "train_sizes": {t: len(data.train[t]) for t in TASKS},
+                  "batch_size": bs, "max_length": cfg.data.max_length,
+                  "pair_encoding": m.pair_encoding, "steps": args.steps, "block": args.block,
+                  "warmup": args.warmup, "seed": cfg.train.seed,
+                  "precision_a": "fp32", "precision_b": precision_b},
+        "A": asdict(res["A"]), "B": asdict(res["B"]),
+        "ratio_b_over_a": res["B"].median_examples_per_s / res["A"].median_examples_per_s,
+        "paired_block_ratio_median": statistics.median(paired),
+        "padding": padding,
+        "tokenisation": {"a_ms_per_step": res["A"].data_ms_per_step,
+                         "a_share_of_step": res["A"].data_share,
+                         "b_batch_ms_per_step": res["B"].data_ms_per_step,
+                         "b_one_off_all_train_s": tokenise_all_s,
+                         "b_cached_load_s": load_s},
+    }
+
+
+def report(r: dict[str, Any]) -> str:
+    mach, setup, a, b = r["machine"], r["setup"], r["A"], r["B"]
+    lines = [
+        f"machine: {mach['cpu']}, {mach['cores']} cores, torch {mach['torch']}, "
+        f"threads {mach['threads']}, python {mach['python']}",
+        *_load_note(mach),
+        f"data: {setup['data_dir']} (train " + ", ".join(
+            f"{t} {n}" for t, n in setup["train_sizes"].items()) + f"); checkpoint "
+        f"{setup['checkpoint']}; batch {setup['batch_size']} per task, max_length "
+        f"{setup['max_length']}, {setup['pair_encoding']} pairs",
+        f"precision: A fp32; B {setup['precision_b']}",
+        f"timed: {setup['steps']} steps per pipeline in blocks of {setup['block']} (A B B A ...), "
+        f"after {setup['warmup']} warm-up steps each",
+        "",
+        f"{'pipeline':<18}{'ex/s median':>12}{'ex/s all':>10}{'ms/step':>10}"
+        f"{'data ms':>9}{'tokens/step':>13}{'pad (run)':>11}",
+    ]
+    for p in (a, b):
+        lines.append(f"{p['name']:<18}{p['median_examples_per_s']:>12.1f}"
+                     f"{p['aggregate_examples_per_s']:>10.1f}{p['median_step_ms']:>10.0f}"
+                     f"{p['data_ms_per_step']:>9.1f}{p['positions_per_step']:>13.0f}"
+                     f"{p['computed_pad_share']:>11.1%}")
+    lines += [
+        f"ratio B/A {r['ratio_b_over_a']:.2f}x (medians; median of paired blocks "
+        f"{r['paired_block_ratio_median']:.2f}x)",
+        "",
+        "padding share, one full shuffled pass:",
+        f"{'task':<6}{'A':>8}{'B':>8}{'A comp':>9}{'B comp':>9}{'floor':>8}",
+    ]
+    pad = r["padding"]
+    for task in TASKS:
+        p = pad[task]
+        lines.append(f"{task:<6}{p['A']:>8.1%}{p['B']:>8.1%}{p['A_computed']:>9.1%}"
+                     f"{p['B_computed']:>9.1%}{p['floor_computed']:>8.1%}")
+    lines.append(f"{'step':<6}{'':>8}{'':>8}{pad['step']['A_computed']:>9.1%}"
+                 f"{pad['step']['B_computed']:>9.1%}")
+    lines.append("  A/B: padded positions per input (trainables.minbert.data.padding_share); "
+                 "comp: as the encoder computes them (both siamese sides widened to the wider); "
+                 "floor: what perfect sorting leaves (a pair's shorter side)")
+    tok = r["tokenisation"]
+    lines += [
+        "",
+        f"tokenising: A {tok['a_ms_per_step']:.1f} ms/step ({tok['a_share_of_step']:.1%} of its "
+        f"step); B pads cached ids in {tok['b_batch_ms_per_step']:.1f} ms/step; tokenising all "
+        f"training texts once takes {tok['b_one_off_all_train_s']:.1f} s (cached: loaded in "
+        f"{tok['b_cached_load_s']:.1f} s)",
+        summary_line(r),
+    ]
+    return "\n".join(lines)
+
+
+def _load_note(machine: dict[str, Any]) -> list[str]:
+    loads = [x for x in machine["load_average"] if x is not None]
+    if not loads:
+        return []
+    line = f"load average (1 min) at start / end: {' / '.join(f'{x:.1f}' for x in loads)}"
+    if machine["threads"] > 1 and max(loads) > (machine["cores"] or 1):
+        line += (f"; more demand than {machine['cores']} cores: torch's {machine['threads']} "
+                 "threads wait on each other, use --threads 1 for stable figures")
+    return [line]
+
+
+def summary_line(r: dict[str, Any]) -> str:
+    ratio, step_pad = r["ratio_b_over_a"], r["padding"]["step"]
+    return (f"summary: hpsearch trains {ratio:.2f}x the examples/s of the starter-style loop "
+            f"(target 2x: {'reached' if ratio >= 2 else 'not reached'}); padding per step "
+            f"{step_pad['B_computed']:.1%} vs {step_pad['A_computed']:.1%} "
+            f"(target <5%: {'reached' if step_pad['B_computed'] < 0.05 else 'not reached'})")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--data-dir", default=None,
+                        help="CS224N files (default: the built-in synthetic set)")
+    parser.add_argument("--checkpoint", default="minilm",
+                        help="'minilm', a BERT folder, or 'random' (model.* sizes via --set)")
+    parser.add_argument("--batch-size", type=int, default=16, help="examples per task per step")
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--pair-encoding", default="siamese", choices=["siamese", "cross"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="B's train.deepspeed.precision (A is always fp32)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per pipeline")
+    parser.add_argument("--block", type=int, default=2, help="steps per alternating block")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per pipeline")
+    parser.add_argument("--seed", type=int, default=11711)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="trial-config override, e.g. model.checkpoint=random (repeatable)")
+    parser.add_argument("--json", default=None, metavar="OUT", help="also write the figures here")
+    args = parser.parse_args(argv)
+    args.record_argv = argv is None
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    try:
+        result = run(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(report(result))
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
