@@ -283,6 +283,8 @@ def _fmt_setting(value: Any, key: str) -> str:
         return f"{float(value):.2e}"
     if isinstance(value, float) and value.is_integer() and key == "train.epochs":
         return str(int(value))
+    if isinstance(value, float):  # rounded for reading; the CSV keeps the exact value
+        return f"{value:.3g}"
     return str(value)
 
 
