@@ -48,6 +48,36 @@ def _out_dir(args: argparse.Namespace) -> Path:
     return out
 
 
+def preflight(cfg: TrialConfig) -> None:
+    """Check the checkpoint folder and the data files, before the run folder is created.
+
+    A missing or truncated weights file, a data folder without its files, a file with the
+    wrong columns or no usable row: each is one ConfigError here, and nothing is written
+    (the token cache the data check fills is reused by the run).
+    """
+    from trainables.minbert import _faults
+    from trainables.minbert.checkpoint import minilm_dir, resolve_checkpoint_dir
+    from trainables.minbert.data import load_multitask_data
+    from trainables.minbert.model import BertModel
+    from trainables.minbert.tokenizer import WordPieceTokenizer
+
+    _faults.check_env()
+    m = cfg.model
+    if m.checkpoint == "minilm":
+        minilm_dir()
+    elif m.checkpoint != "random":
+        BertModel.from_pretrained(m.checkpoint)
+    if m.checkpoint == "random" and m.vocab_file:
+        vocab = Path(m.vocab_file)
+        if not vocab.is_file():
+            raise ConfigError(f"model.vocab_file {vocab} does not exist: pass a WordPiece "
+                              "vocab.txt, or leave it unset to use MiniLM's")
+    else:
+        vocab = resolve_checkpoint_dir("minilm" if m.checkpoint == "random" else m.checkpoint
+                                       ) / "vocab.txt"
+    load_multitask_data(cfg.data, WordPieceTokenizer(vocab), m.pair_encoding)
+
+
 def run_train(args: argparse.Namespace) -> int:
     cfg = resolve_train_config(args)
     out = _out_dir(args)
@@ -55,6 +85,7 @@ def run_train(args: argparse.Namespace) -> int:
         from trainables.minbert.train import find_checkpoint
 
         find_checkpoint(out)  # refuse before any work when nothing intact is there
+    preflight(cfg)
     from trainables.minbert.callbacks import ProgressBar
     from trainables.minbert.train import train_trial
 

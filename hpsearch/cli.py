@@ -37,6 +37,26 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     try:
         value = float(text)
@@ -71,15 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--storage-path", default="results", help="where experiments live (default: results/)")
     s.add_argument("--num-samples", type=_positive_int, help="trials to run (default: the space's)")
     s.add_argument("--max-concurrent", type=_positive_int, help="trials running at once")
-    s.add_argument("--cpus-per-trial", type=_non_negative_float, default=None, help="CPUs per trial worker")
+    s.add_argument("--cpus-per-trial", type=_positive_float, default=None, help="CPUs per trial worker")
     s.add_argument("--gpus-per-trial", type=_non_negative_float, default=0.0, help="GPUs per trial worker")
     s.add_argument("--workers-per-trial", type=_positive_int, default=1,
                    help="data-parallel DeepSpeed workers per trial (Ray Train)")
     s.add_argument("--data-dir", help="folder with the CS224N files (default: built-in synthetic data)")
     s.add_argument("--address", help="Ray cluster address (e.g. auto or HOST:6379); default: a local Ray")
     s.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray (default: all)")
-    s.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial from its checkpoint")
-    s.add_argument("--time-limit-per-trial", type=_non_negative_float, default=None,
+    s.add_argument("--max-failures", type=_non_negative_int, default=2,
+                   help="retries of a crashed trial from its last checkpoint (default 2)")
+    s.add_argument("--time-limit-per-trial", type=_positive_float, default=None,
                    help="seconds a trial may run before it is stopped and marked failed")
     s.add_argument("--exist-ok-suffix", action="store_true",
                    help="if the experiment folder exists, use NAME-2, NAME-3, ... instead of refusing")
@@ -118,7 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    # Overrides may follow the options (`sweep SPACE --num-samples 4 train.lr=1e-3`), which
+    # argparse cannot place after its nargs="*" positional has been filled: take them here.
+    strays = [a for a in rest if a.startswith("-") or not hasattr(args, "overrides")]
+    if strays:
+        parser.error(f"unrecognized arguments: {' '.join(strays)}")
+    if rest:
+        args.overrides = [*args.overrides, *rest]
     try:
         return _dispatch(args)
     except ConfigError as exc:
@@ -166,9 +195,12 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _report(exp_dir: Path) -> int:
     if not exp_dir.is_dir():
         raise ConfigError(f"experiment folder {exp_dir} does not exist: pass the folder a sweep wrote")
-    from reports import build_report
+    from reports import ReportError, build_report
 
-    out = build_report(exp_dir)
+    try:
+        out = build_report(exp_dir)
+    except ReportError as exc:  # the same one-line contract as ConfigError
+        raise ConfigError(str(exc)) from None
     print(f"report written to {out}")
     return 0
 

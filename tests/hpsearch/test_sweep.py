@@ -187,7 +187,10 @@ def test_driver_killed_mid_sweep_then_resumed(tmp_path, cli, records, hpsearch_e
     before = {tid: (exp / r["trial_dir"] / "summary.json").read_text()
               for tid, r in records(exp).items() if r["status"] == "finished"}
     cli("resume", str(exp), "--num-cpus", "2", "--no-report")
-    recs = records(exp)
+    # A trial started just before the kill may be missing from Ray's saved state: the resumed
+    # sweep runs a new one in its place and closes the old record as abandoned (RELIABILITY.md).
+    recs = {tid: r for tid, r in records(exp).items()
+            if not (r["status"] == "failed" and r["reason"].startswith("abandoned:"))}
     assert len(recs) == 5, recs
     assert all(r["status"] == "finished" for r in recs.values())
     for tid, text in before.items():  # finished trials untouched, not run again

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,13 +40,26 @@ class TrainerCallback:
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON next to its final name, then rename: a crash never leaves half a file."""
+    """Write JSON next to its final name, then rename: a crash never leaves half a file.
+
+    The temporary file is hidden and ends in `.tmp-<pid>`, so no reader mistakes it for the
+    real one; if writing fails it is removed and the previous file (if any) is untouched.
+    """
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=_jsonable))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write text to a hidden temporary file beside `path`, fsync it, then rename over `path`."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True, default=_jsonable)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _jsonable(value: Any) -> Any:
@@ -55,10 +69,30 @@ def _jsonable(value: Any) -> Any:
 
 
 class MetricsFileWriter(TrainerCallback):
-    """`metrics.jsonl`, one line per evaluation, and `summary.json` at the end."""
+    """`metrics.jsonl`, one line per evaluation, and `summary.json` at the end.
+
+    At the start of a run the file is cut back to the evaluations up to the step the run
+    starts from (none for a fresh start), so a run restarted after a crash neither repeats
+    the evaluations it redoes nor keeps a half-written last line.
+    """
 
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = out_dir
+
+    def on_train_start(self, trainer: MultitaskTrainer) -> None:
+        path = self.out_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a crash
+            if isinstance(record, dict) and isinstance(record.get("step"), int) \
+                    and record["step"] <= trainer.step:
+                kept.append(line + "\n")
+        write_text_atomic(path, "".join(kept))
 
     def on_evaluate(self, trainer: MultitaskTrainer, metrics: dict[str, Any],
                     checkpoint: Path | None) -> None:
@@ -76,6 +110,31 @@ def _finite_or_none(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+class TimeLimit(TrainerCallback):
+    """Stops a run once it has taken `limit_s` seconds: checked after every optimizer step.
+
+    Time counts from this callback's creation (so set-up is included) plus the training time
+    of the run this one resumed; at the limit the run raises `TimeLimitExceeded`, a
+    `TrialFailure`, and is marked failed rather than retried.
+    """
+
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s = limit_s
+        self.t0 = time.monotonic()
+        self.before_s = 0.0
+
+    def on_train_start(self, trainer: MultitaskTrainer) -> None:
+        self.before_s = trainer.train_time_s  # restored from the checkpoint when resuming
+
+    def on_step_end(self, trainer: MultitaskTrainer, logs: dict[str, Any]) -> None:
+        elapsed = self.before_s + time.monotonic() - self.t0
+        if elapsed >= self.limit_s:
+            from trainables.minbert.train import TimeLimitExceeded
+
+            raise TimeLimitExceeded(f"time limit of {self.limit_s:g} s reached at step "
+                                    f"{logs['step']} ({elapsed:.1f} s)")
 
 
 class TensorBoardLogger(TrainerCallback):

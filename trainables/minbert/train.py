@@ -20,9 +20,11 @@ The run directory holds:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import pickle
 import random
 import resource
 import shutil
@@ -34,6 +36,7 @@ from typing import Any
 import torch
 
 from trainables.errors import ConfigError
+from trainables.minbert import _faults
 from trainables.minbert import metrics as M
 from trainables.minbert.callbacks import (
     MetricsFileWriter,
@@ -53,8 +56,20 @@ from trainables.minbert.tokenizer import WordPieceTokenizer
 CHECKPOINT_MANIFEST = "MANIFEST.json"
 
 
-class NonFiniteLossError(RuntimeError):
+class TrialFailure(RuntimeError):
+    """The trial cannot go on and retrying it would fail the same way: it is marked failed.
+
+    A sweep reports it as the trial's final, failed result (with this message as the reason)
+    instead of letting Ray retry it; other exceptions are retried from the last checkpoint.
+    """
+
+
+class NonFiniteLossError(TrialFailure):
     """A task loss became NaN or infinite: the trial is stopped and marked failed."""
+
+
+class TimeLimitExceeded(TrialFailure):
+    """The trial ran past its time limit (see `callbacks.TimeLimit`)."""
 
 
 class TaskStream:
@@ -107,6 +122,7 @@ class MultitaskTrainer:
         self.evals_done = 0
         self.position = {"phase": "sequential", "epoch": 0, "index": 0, "consumed": {}}
         self.train_time_s = 0.0
+        self.resumed_from_step = 0  # the step of the checkpoint this run continued from
         self._recent: list[dict[str, Any]] = []  # step logs since the last evaluation
 
     # ------------------------------------------------------------------ setup
@@ -117,6 +133,7 @@ class MultitaskTrainer:
         (self.out_dir / "predictions").mkdir(exist_ok=True)
         if self.rank == 0:
             write_json_atomic(self.out_dir / "config.json", cfg.model_dump())
+        _faults.in_setup(cfg.train.seed, self.out_dir)  # test hook; inert unless HPSEARCH_FAULT
         seed_everything(cfg.train.seed)
         self.tokenizer, encoder = self._build_encoder()
         self.data = load_multitask_data(cfg.data, self.tokenizer, cfg.model.pair_encoding)
@@ -135,6 +152,7 @@ class MultitaskTrainer:
         self.shared_params = self.model.shared_parameters()
         if self.resume_from is not None:
             self.load_checkpoint(self.resume_from)
+            self.resumed_from_step = self.step
         self.setup_time_s = time.perf_counter() - t0
 
     def _build_encoder(self) -> tuple[WordPieceTokenizer, BertModel]:
@@ -235,9 +253,12 @@ class MultitaskTrainer:
 
     def _train_step(self, tasks: tuple[str, ...], streams: dict[str, TaskStream]) -> dict[str, Any]:
         """One optimizer step: a batch per task, per-task losses, combined gradients, update."""
+        _faults.before_step(self.step + 1, self.cfg.train.seed, self.out_dir)  # test hook
         self.model.train()
         batches = {t: streams[t].next() for t in tasks}
         losses = {t: self.model.loss(b) for t, b in batches.items()}
+        if _faults.poison_loss(self.step + 1, self.cfg.train.seed):  # test hook
+            losses = {t: loss * float("nan") for t, loss in losses.items()}
         for task, loss in losses.items():
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"non-finite loss at step {self.step + 1} "
@@ -302,6 +323,7 @@ class MultitaskTrainer:
                             "epochs": self.cfg.train.epochs, "world_size": self.world_size,
                             "train_time_s": round(self.train_time_s, 3),
                             "setup_time_s": round(getattr(self, "setup_time_s", 0.0), 3),
+                            "resumed_from_step": self.resumed_from_step,
                             "peak_mem_mb": peak_memory_mb()})
         self.evals_done += 1
         every = self.cfg.train.checkpoint_every_evals
@@ -318,12 +340,13 @@ class MultitaskTrainer:
         root = self.out_dir / "checkpoints"
         tag = f"step-{self.step:08d}"
         staging = root / f".staging-{tag}"
-        if self.rank == 0:
-            if staging.exists():
-                shutil.rmtree(staging)
+        if self.rank == 0:  # staging folders of interrupted saves are never checkpoints
+            for stale in root.glob(".staging-*"):
+                shutil.rmtree(stale, ignore_errors=True)
             staging.mkdir(parents=True)
         _barrier()
         self.engine.save_checkpoint(str(staging), tag=tag, save_latest=False)
+        _faults.in_checkpoint(self.cfg.train.seed, self.out_dir, self.step)  # test hook
         _barrier()
         final = root / tag
         if self.rank != 0:
@@ -357,9 +380,16 @@ class MultitaskTrainer:
         `path` is a checkpoint folder or a run folder (its newest sound checkpoint is used).
         """
         folder = find_checkpoint(path)
-        load_path, _ = self.engine.load_checkpoint(str(folder.parent), tag=folder.name,
-                                                   load_optimizer_states=True,
-                                                   load_lr_scheduler_states=True)
+        try:
+            with _weights_only_deepspeed_loads(self.engine):
+                load_path, _ = self.engine.load_checkpoint(str(folder.parent), tag=folder.name,
+                                                           load_optimizer_states=True,
+                                                           load_lr_scheduler_states=True)
+        except pickle.UnpicklingError as exc:
+            reason = str(exc).split("WeightsUnpickler error: ")[-1].split(".")[0][:160]
+            raise ConfigError(f"checkpoint {folder} holds more than weights and optimizer "
+                              f"state ({reason}); it was refused rather than unpickled: "
+                              "resume only from checkpoints this framework wrote") from None
         if load_path is None:
             raise ConfigError(f"checkpoint {folder}: DeepSpeed could not load it; "
                               "pass another checkpoint or start afresh")
@@ -381,6 +411,41 @@ class MultitaskTrainer:
             engine.destroy()
         self.engine = None
         self.model = None
+
+
+def _deepspeed_safe_globals() -> list[Any]:
+    """The plain DeepSpeed record classes that ZeRO optimizer states pickle (checked for
+    ZeRO 1, 2 and 3 with deepspeed 0.19): allowed by the weights-only unpickler."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+@contextlib.contextmanager
+def _weights_only_deepspeed_loads(engine: Any) -> Iterator[None]:
+    """Make DeepSpeed read checkpoints with `torch.load(weights_only=True)`.
+
+    DeepSpeed's checkpoint engine calls `torch.load(..., weights_only=False)`, which would run
+    any code a tampered file carries; for the length of a load its `load` goes through the
+    weights-only unpickler instead.
+    """
+    ckpt_engine = getattr(engine, "checkpoint_engine", None)
+    if ckpt_engine is None:
+        yield
+        return
+    allowed = _deepspeed_safe_globals()
+
+    def load(path: str, map_location: Any = None) -> Any:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location=map_location, weights_only=True)
+
+    ckpt_engine.load = load
+    try:
+        yield
+    finally:
+        del ckpt_engine.load  # the class's own method again
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -483,5 +548,5 @@ def train_trial(cfg: TrialConfig, out_dir: str | Path, callbacks: Sequence[Train
         trainer.cleanup()
 
 
-__all__ = ["MultitaskTrainer", "NonFiniteLossError", "TrainerCallback", "find_checkpoint",
-           "train_trial"]
+__all__ = ["MultitaskTrainer", "NonFiniteLossError", "TimeLimitExceeded", "TrainerCallback",
+           "TrialFailure", "find_checkpoint", "train_trial", "verify_checkpoint"]
