@@ -6,6 +6,7 @@ a sweep's wall time spent outside training and evaluation.
 
 It runs a real `hpsearch sweep` (Ray Tune + Optuna + DeepSpeed) on the built-in synthetic
 data, then reads the experiment folder:
+  - sweep_timing.json: when `Tuner.fit` started and ended (wall clock);
   - trials/<id>.json: `started_at` / `ended_at`, wall-clock times the driver saw the trial
     start and end;
   - runs/<id>/summary.json: `first_step_at` (wall clock of the first optimizer step's end),
@@ -72,9 +73,8 @@ def main() -> None:
                         "--no-report"], cwd=REPO, check=True, capture_output=True)
         wall = time.time() - t0
         exp = tmp / "bench_sweep"
-        meta = json.loads((exp / "experiment.json").read_text())
-        sweep_start = meta.get("sweep_started_at", t0)
-        sweep_end = meta.get("sweep_ended_at", t0 + wall)
+        fit = json.loads((exp / "sweep_timing.json").read_text())[0]
+        sweep_start, sweep_end = fit["started_at"], fit["ended_at"]
         overheads, train, setup = [], [], []
         for rec_path in sorted((exp / "trials").glob("*.json")):
             rec = json.loads(rec_path.read_text())

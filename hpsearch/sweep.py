@@ -399,6 +399,7 @@ def _status_callback_cls():
         def __init__(self, exp_dir: Path, space: SearchSpace, extra: dict[str, Any],
                      time_limit: float | None, max_failures: int = 0) -> None:
             self.exp_dir, self.space, self.extra, self.time_limit = exp_dir, space, extra, time_limit
+            self.started: dict[str, float] = {}
             self.max_failures = max_failures
             (exp_dir / "trials").mkdir(parents=True, exist_ok=True)
 
@@ -413,7 +414,10 @@ def _status_callback_cls():
                 "trial_dir": f"runs/{trial.trial_id}", "variant": self.space.variant_of(trial.config),
                 "config": flat, "searched": [p.key for p in self.space.parameters if p.kind != "fixed"],
                 "evaluations": last.get("training_iteration", 0), "ray_trial_dir": trial.path,
-                "failures": int(getattr(trial, "num_failures", 0) or 0)})
+                "failures": int(getattr(trial, "num_failures", 0) or 0),
+                # wall clock (s since the epoch) as the driver saw the trial start and end
+                "started_at": self.started.setdefault(trial.trial_id, time.time()),
+                "ended_at": None if status == "running" else time.time()})
 
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self._write(trial, "running", None)
@@ -636,8 +640,11 @@ ABANDONED = ("abandoned: the sweep driver stopped while this trial was starting 
 
 
 def _fit(tuner: Any, exp: Path) -> None:
-    t0 = time.perf_counter()
+    t0, started_at = time.perf_counter(), time.time()
     grid = tuner.fit()
+    timing_path = exp / "sweep_timing.json"  # one entry per fit: the first run, each resume
+    timing = json.loads(timing_path.read_text()) if timing_path.is_file() else []
+    write_json_atomic(timing_path, [*timing, {"started_at": started_at, "ended_at": time.time()}])
     known = {Path(r.path).name.removeprefix("trial_") for r in grid if r.path}
     abandoned = reconcile_after_fit(exp, known)
     if abandoned:

@@ -124,6 +124,7 @@ class MultitaskTrainer:
         self.train_time_s = 0.0
         self.resumed_from_step = 0  # the step of the checkpoint this run continued from
         self._recent: list[dict[str, Any]] = []  # step logs since the last evaluation
+        self.first_step_at: float | None = None
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -265,6 +266,8 @@ class MultitaskTrainer:
                                          f"(task {task}: {loss.item()})")
         stats = surgery_step(self.engine, losses, self.shared_params, self.surgery)
         self.step += 1
+        if self.first_step_at is None:
+            self.first_step_at = time.time()  # wall clock: sweep overhead is measured to here
         logs: dict[str, Any] = {"step": self.step, "lr": self.engine.get_lr()[0]}
         logs.update({f"loss_{t}": loss.item() for t, loss in losses.items()})
         logs.update({f"pcgrad_{k.replace('/', '_')}": v for k, v in stats.items()})
@@ -323,6 +326,7 @@ class MultitaskTrainer:
                             "epochs": self.cfg.train.epochs, "world_size": self.world_size,
                             "train_time_s": round(self.train_time_s, 3),
                             "setup_time_s": round(getattr(self, "setup_time_s", 0.0), 3),
+                            "first_step_at": self.first_step_at,
                             "resumed_from_step": self.resumed_from_step,
                             "peak_mem_mb": peak_memory_mb()})
         self.evals_done += 1
