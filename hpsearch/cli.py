@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a trial may run before it is stopped and marked failed")
     s.add_argument("--exist-ok-suffix", action="store_true",
                    help="if the experiment folder exists, use NAME-2, NAME-3, ... instead of refusing")
+    s.add_argument("--warm-start", metavar="EXP_DIR",
+                   help="seed the sampler with the finished trials of an earlier experiment")
     s.add_argument("--no-report", action="store_true", help="skip the report at the end")
     s.add_argument("--smoke-test", action="store_true", help="2 tiny trials, to check the set-up")
 

@@ -79,6 +79,7 @@ class SweepSettings:
     max_failures: int = 2  # retries of a failed trial from its last checkpoint
     time_limit_per_trial: float | None = None  # seconds
     exist_ok_suffix: bool = False  # NAME exists: use NAME-2, ... instead of refusing
+    warm_start: str | None = None  # an earlier experiment whose finished trials seed the sampler
     smoke_test: bool = False
     report: bool = True
     overrides: dict[str, Any] = field(default_factory=dict)  # dotted, applied to every trial
@@ -569,6 +570,43 @@ def _build_tuner(exp: Path, space: SearchSpace, meta: dict[str, Any], restore: b
     )
 
 
+# ---------------------------------------------------------------------------- warm start
+def _directions(space: SearchSpace) -> list[str]:
+    return ["maximize" if o.mode == "max" else "minimize" for o in space.objectives]
+
+
+def _load_warm_start(source: str, space: SearchSpace) -> list:
+    """The finished Optuna trials of an earlier experiment, checked against this space."""
+    import optuna
+
+    src = Path(source).expanduser().resolve()
+    meta_path, journal = src / EXPERIMENT_FILE, src / JOURNAL
+    if not meta_path.is_file() or not journal.is_file():
+        raise ConfigError(f"--warm-start {src}: not an hpsearch experiment folder (no "
+                          f"{EXPERIMENT_FILE} or {JOURNAL}); pass a folder an earlier sweep wrote")
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    study = optuna.load_study(study_name=json.loads(meta_path.read_text())["study_name"],
+                              storage=storage)
+    wanted = [d.name.lower() for d in study.directions]
+    if wanted != _directions(space):
+        raise ConfigError(f"--warm-start {src}: its objectives ({', '.join(wanted)}) differ from "
+                          f"this space's ({', '.join(_directions(space))}); warm-start from a "
+                          "sweep with the same objectives")
+    return study.get_trials(deepcopy=True, states=(optuna.trial.TrialState.COMPLETE,))
+
+
+def _seed_study(exp: Path, space: SearchSpace, study_name: str, trials: list) -> None:
+    """Create this experiment's study holding the earlier trials; OptunaSearch then loads it
+    (load_if_exists) and its sampler starts from them. They do not count towards num_samples."""
+    import optuna
+
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(exp / JOURNAL)))
+    study = optuna.create_study(study_name=study_name, storage=storage,
+                                directions=_directions(space))
+    study.add_trials(trials)
+
+
 # ---------------------------------------------------------------------------- entry points
 def run_sweep(space_path: str | Path, settings: SweepSettings | None = None) -> Path:
     """Validate, lay out the experiment folder, run every trial, write the report."""
@@ -583,6 +621,7 @@ def run_sweep(space_path: str | Path, settings: SweepSettings | None = None) -> 
     extra = _check_inputs(space, settings)
     exp = _experiment_dir(settings, space)
     notes = _check_data(space, extra)
+    earlier = _load_warm_start(settings.warm_start, space) if settings.warm_start else []
     exp.parent.mkdir(parents=True, exist_ok=True)
     try:
         exp.mkdir()
@@ -598,6 +637,9 @@ def run_sweep(space_path: str | Path, settings: SweepSettings | None = None) -> 
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "command": " ".join(shlex.quote(a) for a in sys.argv)}
     write_json_atomic(exp / EXPERIMENT_FILE, meta)
+    if earlier:
+        _seed_study(exp, space, meta["study_name"], earlier)
+        print(f"warm start: {len(earlier)} finished trials of {settings.warm_start} seed the sampler")
     _init_ray(settings.address, settings.num_cpus)
     tuner = _build_tuner(exp, space, meta)
     _fit(tuner, exp)
@@ -719,6 +761,7 @@ def settings_from_args(args: argparse.Namespace) -> SweepSettings:
         data_dir=args.data_dir, address=args.address, num_cpus=args.num_cpus,
         max_failures=args.max_failures, time_limit_per_trial=args.time_limit_per_trial,
         exist_ok_suffix=args.exist_ok_suffix, smoke_test=args.smoke_test,
+        warm_start=args.warm_start,
         report=not args.no_report, overrides=overrides)
 
 

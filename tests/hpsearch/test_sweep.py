@@ -201,3 +201,30 @@ def test_driver_killed_mid_sweep_then_resumed(tmp_path, cli, records, hpsearch_e
         optuna.storages.journal.JournalFileBackend(str(exp / "optuna.journal")))
     study = optuna.load_study(study_name="killed", storage=storage)
     assert sum(t.state.name == "COMPLETE" for t in study.trials) == 5
+
+
+@pytest.mark.slow
+def test_warm_start_seeds_a_new_study_with_earlier_trials(tmp_path, cli, records):
+    first = _space(tmp_path, "first", search__num_samples=2, search__scheduler="none")
+    doc = yaml.safe_load(first.read_text())
+    doc["search"].pop("asha")
+    first.write_text(yaml.safe_dump(doc, sort_keys=False))
+    cli("sweep", str(first), "--storage-path", str(tmp_path), "--num-cpus", "2", "--no-report")
+    doc["name"] = "second"
+    second = tmp_path / "second.yaml"
+    second.write_text(yaml.safe_dump(doc, sort_keys=False))
+    out = cli("sweep", str(second), "--storage-path", str(tmp_path), "--num-cpus", "2",
+              "--warm-start", str(tmp_path / "first"), "--no-report")
+    assert "warm start: 2 finished trials" in out.stdout
+    assert len(records(tmp_path / "second")) == 2  # earlier trials do not count as new ones
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "second" / "optuna.journal")))
+    study = optuna.load_study(study_name="second", storage=storage)
+    assert sum(t.state.name == "COMPLETE" for t in study.trials) == 4
+
+
+def test_warm_start_from_a_folder_that_is_not_an_experiment(tmp_path, cli):
+    proc = cli("sweep", "search_spaces/smoke.yaml", "--storage-path", str(tmp_path / "r"),
+               "--warm-start", str(tmp_path), check=False)
+    assert proc.returncode == 2 and "--warm-start" in proc.stderr
+    assert not (tmp_path / "r").exists()
