@@ -35,3 +35,19 @@ def minilm_path() -> Path:
     from trainables.minbert.checkpoint import minilm_dir
 
     return minilm_dir()
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """Run a module's torch ops on one thread (opt in with
+    `pytestmark = pytest.mark.usefixtures("torch_one_thread")`).
+
+    Tiny test models gain nothing from intra-op threads, and on a busy 2-core machine two
+    OpenMP threads waiting on each other make them several times slower.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -18,6 +18,8 @@ from trainables.minbert.checkpoint import (
 )
 from trainables.minbert.model import BertConfig, BertModel
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("abcdefghijklmnopqrstuvwxyz")
 
 
@@ -87,7 +89,7 @@ def test_pytorch_model_bin_with_bert_prefix_round_trips(tmp_path, tiny, vocab_fi
 
 
 def test_bert_base_style_checkpoint_loads(tmp_path, tiny, vocab_file):
-    """Google's original layout: bert. prefix, LayerNorm gamma/beta, MLM/NSP heads, position_ids."""
+    """Google's layout: bert. prefix, LayerNorm gamma/beta, MLM/NSP heads, position_ids."""
     folder = save_pretrained(tiny, tmp_path / "base", vocab_file)
     state = {}
     for key, value in tiny.hf_state_dict().items():

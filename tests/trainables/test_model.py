@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 
@@ -12,6 +13,8 @@ import torch.nn.functional as F
 from trainables.errors import ConfigError
 from trainables.minbert.model import BertConfig, BertModel, dropout, mean_pool
 from trainables.minbert.tokenizer import WordPieceTokenizer
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 FALLBACK_SENTENCES = [
     "It 's a lovely film with lovely performances by Buy and Accorsi .",
@@ -62,17 +65,32 @@ def batch(cs224n_path, tokenizer) -> dict[str, torch.Tensor]:
     return batch
 
 
-def test_hidden_states_and_pooler_match_transformers(ours, batch, minilm_path):
+@pytest.fixture(scope="module")
+def reference(minilm_path):
     from transformers import BertModel as HFBertModel
 
-    ref = HFBertModel.from_pretrained(str(minilm_path), attn_implementation="eager").eval()
+    return HFBertModel.from_pretrained(str(minilm_path), attn_implementation="sdpa").eval()
+
+
+def test_hidden_states_and_pooler_match_transformers(ours, reference, batch):
     with torch.no_grad():
         hidden, pooled = ours(**batch)
-        expected = ref(**batch)
+        expected = reference(**batch)
     real = batch["attention_mask"].bool()
     assert hidden.shape == expected.last_hidden_state.shape
     torch.testing.assert_close(hidden[real], expected.last_hidden_state[real], rtol=0, atol=1e-5)
     torch.testing.assert_close(pooled, expected.pooler_output, rtol=0, atol=1e-5)
+
+
+def test_same_math_as_transformers_in_float64(ours, reference, batch):
+    """fp32 rounding hides small mistakes (eps, scale, mask): in fp64 they agree to 1e-10."""
+    small = {k: v[:6] for k, v in batch.items()}
+    with torch.no_grad():
+        hidden, pooled = copy.deepcopy(ours).double()(**small)
+        expected = copy.deepcopy(reference).double()(**small)
+    real = small["attention_mask"].bool()
+    torch.testing.assert_close(hidden[real], expected.last_hidden_state[real], rtol=0, atol=1e-10)
+    torch.testing.assert_close(pooled, expected.pooler_output, rtol=0, atol=1e-10)
 
 
 def test_gradients_match_transformers(minilm_path, batch):
