@@ -10,9 +10,10 @@ data, then reads the experiment folder:
   - trials/<id>.json: `started_at` / `ended_at`, wall-clock times the driver saw the trial
     start and end;
   - runs/<id>/summary.json: `first_step_at` (wall clock of the first optimizer step's end),
-    `setup_time_s` and `train_time_s` (training plus every evaluation, inside the trainer).
+    `setup_time_s`, `train_time_s` (training and the evaluations during it) and
+    `final_eval_s` (the final dev, train-subset and held-out test evaluation).
 Overhead per trial = first_step_at - started_at. The share outside training is
-1 - sum(train_time_s) / (sweep wall time x trials running at once): the fraction of the
+1 - sum(train_time_s + final_eval_s) / (sweep wall time x trials running at once): the fraction of the
 slots the sweep held that did not go to training or evaluation.
 """
 
@@ -80,7 +81,7 @@ def main() -> None:
             rec = json.loads(rec_path.read_text())
             summary = json.loads((exp / rec["trial_dir"] / "summary.json").read_text())
             overheads.append(summary["first_step_at"] - rec["started_at"])
-            train.append(summary["train_time_s"])
+            train.append(summary["train_time_s"] + summary["final_eval_s"])
             setup.append(summary["setup_time_s"])
     fit_wall = sweep_end - sweep_start
     outside = 1 - sum(train) / (fit_wall * args.concurrent)

@@ -311,6 +311,7 @@ class MultitaskTrainer:
         """Dev metrics (and, at the end, train-subset and held-out test metrics too), a
         checkpoint, and the callbacks. The final evaluation is one report, not two."""
         recent, self._recent = self._recent, []
+        t0 = time.perf_counter()
         metrics: dict[str, Any] = {"step": self.step, "epoch": round(epoch, 4), "phase": phase,
                                    "time_s": round(self.train_time_s, 3)}
         metrics.update(self.evaluate(self.data.dev, "dev", write_predictions=final))
@@ -323,6 +324,8 @@ class MultitaskTrainer:
             metrics.update(self.evaluate(self.data.train_eval, "train"))
             metrics.update(self.evaluate(self.data.test, "test", write_predictions=True))
             metrics.update({"final": True, "status": "finished", "steps": self.step,
+                            # train_time_s stops before this last evaluation; this is its time
+                            "final_eval_s": round(time.perf_counter() - t0, 3),
                             "epochs": self.cfg.train.epochs, "world_size": self.world_size,
                             "train_time_s": round(self.train_time_s, 3),
                             "setup_time_s": round(getattr(self, "setup_time_s", 0.0), 3),
