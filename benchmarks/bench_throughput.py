@@ -47,7 +47,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch  # noqa: E402
 
 from trainables.errors import ConfigError  # noqa: E402
-from trainables.minbert.checkpoint import resolve_checkpoint_dir  # noqa: E402
 from trainables.minbert.config import TrialConfig, load_trial_config  # noqa: E402
 from trainables.minbert.data import (  # noqa: E402
     TASKS,
@@ -69,10 +68,9 @@ from trainables.minbert.engine import (  # noqa: E402
     use_bf16,
 )
 from trainables.minbert.extensions import SumGradients  # noqa: E402
-from trainables.minbert.model import BertConfig, BertModel  # noqa: E402
 from trainables.minbert.multitask import MultitaskBert  # noqa: E402
 from trainables.minbert.tokenizer import WordPieceTokenizer  # noqa: E402
-from trainables.minbert.train import TaskStream  # noqa: E402
+from trainables.minbert.train import TaskStream, build_encoder  # noqa: E402
 
 INPUT_KEYS = ("inputs", "inputs_a", "inputs_b")
 
@@ -321,22 +319,6 @@ def build_config(args: argparse.Namespace) -> TrialConfig:
         overrides.append(f"data.data_dir={args.data_dir}")
     return load_trial_config(None, overrides + list(args.set))
 
-
-def build_encoder(cfg: TrialConfig) -> tuple[WordPieceTokenizer, BertModel]:
-    """The trial's tokenizer and encoder, as MultitaskTrainer builds them."""
-    m = cfg.model
-    if m.checkpoint == "random":
-        vocab = Path(m.vocab_file) if m.vocab_file else resolve_checkpoint_dir("minilm") / "vocab.txt"
-        tokenizer = WordPieceTokenizer(vocab)
-        config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=m.hidden_size,
-                            num_layers=m.num_layers, num_heads=m.num_heads,
-                            intermediate_size=m.intermediate_size, hidden_dropout=m.dropout,
-                            attention_dropout=m.dropout,
-                            max_position_embeddings=max(512, cfg.data.max_length))
-        return tokenizer, BertModel.from_config(config, seed=cfg.train.seed)
-    folder = resolve_checkpoint_dir(m.checkpoint)
-    return (WordPieceTokenizer.from_checkpoint(folder),
-            BertModel.from_pretrained(folder, hidden_dropout=m.dropout))
 
 
 def cpu_model_name() -> str:

@@ -136,7 +136,7 @@ class MultitaskTrainer:
             write_json_atomic(self.out_dir / "config.json", cfg.model_dump())
         _faults.in_setup(cfg.train.seed, self.out_dir)  # test hook; inert unless HPSEARCH_FAULT
         seed_everything(cfg.train.seed)
-        self.tokenizer, encoder = self._build_encoder()
+        self.tokenizer, encoder = build_encoder(cfg)
         self.data = load_multitask_data(cfg.data, self.tokenizer, cfg.model.pair_encoding)
         if self.rank == 0:
             write_json_atomic(self.out_dir / "data_report.json", {
@@ -156,20 +156,6 @@ class MultitaskTrainer:
             self.resumed_from_step = self.step
         self.setup_time_s = time.perf_counter() - t0
 
-    def _build_encoder(self) -> tuple[WordPieceTokenizer, BertModel]:
-        m = self.cfg.model
-        if m.checkpoint == "random":
-            vocab = Path(m.vocab_file) if m.vocab_file else resolve_checkpoint_dir("minilm") / "vocab.txt"
-            tokenizer = WordPieceTokenizer(vocab)
-            config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=m.hidden_size,
-                                num_layers=m.num_layers, num_heads=m.num_heads,
-                                intermediate_size=m.intermediate_size, hidden_dropout=m.dropout,
-                                attention_dropout=m.dropout,
-                                max_position_embeddings=max(512, self.cfg.data.max_length))
-            return tokenizer, BertModel.from_config(config, seed=self.cfg.train.seed)
-        folder = resolve_checkpoint_dir(m.checkpoint)
-        return (WordPieceTokenizer.from_checkpoint(folder),
-                BertModel.from_pretrained(folder, hidden_dropout=m.dropout))
 
     def _epoch_plan(self, phase: str, epoch: int) -> list[tuple[str, ...]]:
         bs = self.cfg.train.batch_size
@@ -453,6 +439,24 @@ def _weights_only_deepspeed_loads(engine: Any) -> Iterator[None]:
         yield
     finally:
         del ckpt_engine.load  # the class's own method again
+
+
+def build_encoder(cfg: TrialConfig) -> tuple[WordPieceTokenizer, BertModel]:
+    """The trial's tokenizer and encoder: random weights shaped by model.* (tiny test models,
+    MiniLM's vocabulary unless model.vocab_file), or a pretrained checkpoint folder."""
+    m = cfg.model
+    if m.checkpoint == "random":
+        vocab = Path(m.vocab_file) if m.vocab_file else resolve_checkpoint_dir("minilm") / "vocab.txt"
+        tokenizer = WordPieceTokenizer(vocab)
+        config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=m.hidden_size,
+                            num_layers=m.num_layers, num_heads=m.num_heads,
+                            intermediate_size=m.intermediate_size, hidden_dropout=m.dropout,
+                            attention_dropout=m.dropout,
+                            max_position_embeddings=max(512, cfg.data.max_length))
+        return tokenizer, BertModel.from_config(config, seed=cfg.train.seed)
+    folder = resolve_checkpoint_dir(m.checkpoint)
+    return (WordPieceTokenizer.from_checkpoint(folder),
+            BertModel.from_pretrained(folder, hidden_dropout=m.dropout))
 
 
 def find_checkpoint(path: str | Path) -> Path:
