@@ -164,19 +164,15 @@ def _check_data(space: SearchSpace, extra: dict[str, Any]) -> list[str]:
     before any trial starts, and every trial then reads the shared token cache."""
     import optuna
 
-    from trainables.minbert.checkpoint import resolve_checkpoint_dir
     from trainables.minbert.data import load_multitask_data
-    from trainables.minbert.tokenizer import WordPieceTokenizer
+    from trainables.minbert.tokenizer import tokenizer_for
 
     trial = optuna.create_study(sampler=space.optuna_sampler(),
                                 directions=["maximize"] * max(1, len(space.objectives))).ask()
     constants = space.define_by_run(trial) or {}
     cfg = resolve_trial(space, {**trial.params, **constants}, extra)
     _check_checkpoints(space, extra, cfg.model.checkpoint)
-    vocab = (Path(cfg.model.vocab_file) if cfg.model.checkpoint == "random" and cfg.model.vocab_file
-             else resolve_checkpoint_dir("minilm" if cfg.model.checkpoint == "random"
-                                         else cfg.model.checkpoint) / "vocab.txt")
-    data = load_multitask_data(cfg.data, WordPieceTokenizer(vocab), cfg.model.pair_encoding)
+    data = load_multitask_data(cfg.data, tokenizer_for(cfg.model), cfg.model.pair_encoding)
     return data.notes
 
 

@@ -10,11 +10,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tokenizers import BertWordPieceTokenizer
 
 from trainables.errors import ConfigError
+from trainables.minbert.checkpoint import resolve_checkpoint_dir
+
+if TYPE_CHECKING:
+    from trainables.minbert.config import ModelConfig
 
 
 class WordPieceTokenizer:
@@ -70,3 +75,12 @@ class WordPieceTokenizer:
             if type_ids is not None:
                 token_type_ids[i, :n] = torch.as_tensor(type_ids[i], dtype=torch.long)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+
+
+def tokenizer_for(model: ModelConfig) -> WordPieceTokenizer:
+    """The tokenizer of a model config: its checkpoint's vocab.txt; for random init,
+    model.vocab_file or else MiniLM's (bert-base-uncased) vocabulary."""
+    if model.checkpoint == "random":
+        return WordPieceTokenizer(Path(model.vocab_file) if model.vocab_file
+                                  else resolve_checkpoint_dir("minilm") / "vocab.txt")
+    return WordPieceTokenizer.from_checkpoint(resolve_checkpoint_dir(model.checkpoint))

@@ -51,7 +51,7 @@ from trainables.minbert.engine import build_engine, surgery_step
 from trainables.minbert.extensions import make_sampler, make_surgery
 from trainables.minbert.model import BertConfig, BertModel
 from trainables.minbert.multitask import MultitaskBert
-from trainables.minbert.tokenizer import WordPieceTokenizer
+from trainables.minbert.tokenizer import WordPieceTokenizer, tokenizer_for
 
 CHECKPOINT_MANIFEST = "MANIFEST.json"
 
@@ -445,18 +445,16 @@ def build_encoder(cfg: TrialConfig) -> tuple[WordPieceTokenizer, BertModel]:
     """The trial's tokenizer and encoder: random weights shaped by model.* (tiny test models,
     MiniLM's vocabulary unless model.vocab_file), or a pretrained checkpoint folder."""
     m = cfg.model
+    tokenizer = tokenizer_for(m)
     if m.checkpoint == "random":
-        vocab = Path(m.vocab_file) if m.vocab_file else resolve_checkpoint_dir("minilm") / "vocab.txt"
-        tokenizer = WordPieceTokenizer(vocab)
         config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=m.hidden_size,
                             num_layers=m.num_layers, num_heads=m.num_heads,
                             intermediate_size=m.intermediate_size, hidden_dropout=m.dropout,
                             attention_dropout=m.dropout,
                             max_position_embeddings=max(512, cfg.data.max_length))
         return tokenizer, BertModel.from_config(config, seed=cfg.train.seed)
-    folder = resolve_checkpoint_dir(m.checkpoint)
-    return (WordPieceTokenizer.from_checkpoint(folder),
-            BertModel.from_pretrained(folder, hidden_dropout=m.dropout))
+    return tokenizer, BertModel.from_pretrained(resolve_checkpoint_dir(m.checkpoint),
+                                                hidden_dropout=m.dropout)
 
 
 def find_checkpoint(path: str | Path) -> Path:
