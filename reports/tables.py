@@ -523,8 +523,9 @@ def variant_effects(
         f"{confidence:.0%} percentile bootstrap interval ({n_resamples:,} resamples, generator "
         f"seed {seed}), paired by training seed when both ran the same seeds, otherwise "
         "resampled independently.",
-        "With three seeds an interval is rough; 'contains 0' means these runs cannot tell the "
-        "variant from the baseline.",
+        "With a handful of seeds a bootstrap interval is rough (with 2 paired seeds it only "
+        "spans the two per-seed differences) and no substitute for more seeds; 'contains 0' "
+        "means these runs cannot tell the variant from the baseline.",
     ]
     if base.empty:
         notes.insert(0, f"No finished '{baseline}' trial: nothing to compare against.")
