@@ -96,13 +96,7 @@ def ds_env(monkeypatch: pytest.MonkeyPatch, tmp_path):
 
 def _reference_pcgrad_steps(model: TinyMultitask, train: TrainConfig, seed: int) -> list[dict]:
     """Plain torch: PCGrad on the trunk, summed-loss gradients on the heads, torch AdamW."""
-    opt = torch.optim.AdamW(
-        model.parameters(),
-        lr=train.lr,
-        betas=ADAM_BETAS,
-        eps=ADAM_EPS,
-        weight_decay=train.weight_decay,
-    )
+    opt = _reference_adamw(model, train)
     surgery = PCGrad(seed=seed)
     trunk = list(model.trunk.parameters())
     all_stats = []
@@ -152,6 +146,12 @@ def _pcgrad_parity(zero_stage: int) -> None:
     assert moved > 1e-3  # the steps really changed the model
 
 
+
+def _reference_adamw(model: torch.nn.Module, train) -> torch.optim.AdamW:
+    """Plain torch AdamW with the engine's hyperparameters: the reference for parity tests."""
+    return torch.optim.AdamW(model.parameters(), lr=train.lr, betas=ADAM_BETAS, eps=ADAM_EPS,
+                             weight_decay=train.weight_decay)
+
 def test_pcgrad_through_deepspeed_matches_plain_torch_zero0(ds_env) -> None:
     _pcgrad_parity(0)
 
@@ -166,13 +166,7 @@ def test_sum_surgery_equals_plain_backward_and_adamw(ds_env) -> None:
     model = TinyMultitask()
     reference = copy.deepcopy(model)
     train = _train(0)
-    opt = torch.optim.AdamW(
-        reference.parameters(),
-        lr=train.lr,
-        betas=ADAM_BETAS,
-        eps=ADAM_EPS,
-        weight_decay=train.weight_decay,
-    )
+    opt = _reference_adamw(reference, train)
     for batch in _batches(seed=5):
         opt.zero_grad()
         sum(reference.losses(batch).values()).backward()
@@ -190,13 +184,7 @@ def test_gradient_accumulation_averages_micro_steps(ds_env) -> None:
     model = TinyMultitask()
     reference = copy.deepcopy(model)
     train = _train(0, grad_accum=2)
-    opt = torch.optim.AdamW(
-        reference.parameters(),
-        lr=train.lr,
-        betas=ADAM_BETAS,
-        eps=ADAM_EPS,
-        weight_decay=train.weight_decay,
-    )
+    opt = _reference_adamw(reference, train)
     batches = _batches(seed=7)  # 4 micro-steps: 2 optimizer steps
     for first, second in zip(batches[::2], batches[1::2], strict=True):
         opt.zero_grad()
@@ -218,13 +206,7 @@ def test_single_task_steps_and_unreached_heads(ds_env) -> None:
     model = TinyMultitask()
     reference = copy.deepcopy(model)
     train = _train(0)
-    opt = torch.optim.AdamW(
-        reference.parameters(),
-        lr=train.lr,
-        betas=ADAM_BETAS,
-        eps=ADAM_EPS,
-        weight_decay=train.weight_decay,
-    )
+    opt = _reference_adamw(reference, train)
     for p in reference.parameters():
         p.grad = torch.zeros_like(p)
     batches = [{"sts": b["sts"]} for b in _batches(seed=6)]
