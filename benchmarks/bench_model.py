@@ -29,8 +29,9 @@ from trainables.minbert.checkpoint import minilm_dir  # noqa: E402
 from trainables.minbert.model import BertModel  # noqa: E402
 
 
-def make_inputs(batch: int, seq: int, vocab: int, padding: bool,
-                seed: int = 0) -> dict[str, torch.Tensor]:
+def make_inputs(
+    batch: int, seq: int, vocab: int, padding: bool, seed: int = 0
+) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(1000, vocab, (batch, seq), generator=g)
     input_ids[:, 0] = 101  # [CLS]
@@ -41,8 +42,11 @@ def make_inputs(batch: int, seq: int, vocab: int, padding: bool,
             attention_mask[row, n:] = 0
             input_ids[row, n:] = 0
     token_type_ids = torch.zeros(batch, seq, dtype=torch.long)
-    return {"input_ids": input_ids, "attention_mask": attention_mask,
-            "token_type_ids": token_type_ids}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "token_type_ids": token_type_ids,
+    }
 
 
 def step_minbert(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> None:
@@ -70,11 +74,18 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20, help="timed repetitions per model")
     parser.add_argument("--warmup", type=int, default=3, help="untimed repetitions per model")
-    parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"],
-                        help="transformers attention implementation")
+    parser.add_argument(
+        "--attn",
+        default="sdpa",
+        choices=["sdpa", "eager"],
+        help="transformers attention implementation",
+    )
     parser.add_argument("--padding", action="store_true", help="pad every other row")
-    parser.add_argument("--no-dropout", action="store_true",
-                        help="dropout 0 in both models (isolates the gain that is not dropout)")
+    parser.add_argument(
+        "--no-dropout",
+        action="store_true",
+        help="dropout 0 in both models (isolates the gain that is not dropout)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -112,15 +123,21 @@ def main(argv: list[str] | None = None) -> float:
         return statistics.median(r[which] / o[which] for r, o in zip(t_ref, t_ours, strict=True))
 
     ratio = paired(0)
-    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}, python {sys.version.split()[0]}")
-    print(f"minBERT {median_ms(t_ours, 0):.1f} ms wall / {median_ms(t_ours, 1):.1f} ms CPU, "
-          f"transformers-{args.attn} {median_ms(t_ref, 0):.1f} ms wall / "
-          f"{median_ms(t_ref, 1):.1f} ms CPU per training step (medians of {args.steps})")
-    print(f"speedup {ratio:.3f}x wall ({paired(1):.3f}x CPU time): median paired ratio "
-          f"transformers-{args.attn} / minBERT, batch {args.batch}, seq {args.seq}"
-          f"{', padded' if args.padding else ''}{', no dropout' if args.no_dropout else ''}, "
-          "fp32, train mode")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()}, python {sys.version.split()[0]}"
+    )
+    print(
+        f"minBERT {median_ms(t_ours, 0):.1f} ms wall / {median_ms(t_ours, 1):.1f} ms CPU, "
+        f"transformers-{args.attn} {median_ms(t_ref, 0):.1f} ms wall / "
+        f"{median_ms(t_ref, 1):.1f} ms CPU per training step (medians of {args.steps})"
+    )
+    print(
+        f"speedup {ratio:.3f}x wall ({paired(1):.3f}x CPU time): median paired ratio "
+        f"transformers-{args.attn} / minBERT, batch {args.batch}, seq {args.seq}"
+        f"{', padded' if args.padding else ''}{', no dropout' if args.no_dropout else ''}, "
+        "fp32, train mode"
+    )
     return ratio
 
 

@@ -34,8 +34,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 MODELS = {
     # 2-layer hidden-32 random init: isolates the framework's own overhead.
-    "tiny": {"model.checkpoint": "random", "model.hidden_size": 32, "model.num_layers": 2,
-             "model.num_heads": 2, "model.intermediate_size": 64},
+    "tiny": {
+        "model.checkpoint": "random",
+        "model.hidden_size": 32,
+        "model.num_layers": 2,
+        "model.num_heads": 2,
+        "model.intermediate_size": 64,
+    },
     "minilm": {"model.checkpoint": "minilm"},
 }
 
@@ -44,12 +49,25 @@ def make_space(path: Path, trials: int, concurrent: int, model: str, examples: i
     space = {
         "name": "bench_sweep",
         "description": "sweep-overhead benchmark",
-        "base": {**MODELS[model], "data.max_length": 48, "data.max_train_examples": examples,
-                 "data.max_eval_examples": 64, "data.train_eval_examples": 32,
-                 "train.batch_size": 16, "train.evals_per_epoch": 2, "train.epochs": 1},
-        "search": {"sampler": "random", "seed": 0, "num_samples": trials,
-                   "max_concurrent": concurrent, "metric": "dev_overall", "mode": "max",
-                   "scheduler": "none"},
+        "base": {
+            **MODELS[model],
+            "data.max_length": 48,
+            "data.max_train_examples": examples,
+            "data.max_eval_examples": 64,
+            "data.train_eval_examples": 32,
+            "train.batch_size": 16,
+            "train.evals_per_epoch": 2,
+            "train.epochs": 1,
+        },
+        "search": {
+            "sampler": "random",
+            "seed": 0,
+            "num_samples": trials,
+            "max_concurrent": concurrent,
+            "metric": "dev_overall",
+            "mode": "max",
+            "scheduler": "none",
+        },
         "parameters": {"train.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-3, "log": True}},
     }
     path.write_text(yaml.safe_dump(space, sort_keys=False))
@@ -69,9 +87,23 @@ def main() -> None:
         space = tmp / "bench_sweep.yaml"
         make_space(space, args.trials, args.concurrent, args.model, args.examples)
         t0 = time.time()
-        subprocess.run([sys.executable, "-m", "hpsearch.cli", "sweep", str(space),
-                        "--storage-path", str(tmp), "--num-cpus", str(args.concurrent),
-                        "--no-report"], cwd=REPO, check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "hpsearch.cli",
+                "sweep",
+                str(space),
+                "--storage-path",
+                str(tmp),
+                "--num-cpus",
+                str(args.concurrent),
+                "--no-report",
+            ],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+        )
         wall = time.time() - t0
         exp = tmp / "bench_sweep"
         fit = json.loads((exp / "sweep_timing.json").read_text())[0]
@@ -86,8 +118,11 @@ def main() -> None:
     fit_wall = sweep_end - sweep_start
     outside = 1 - sum(train) / (fit_wall * args.concurrent)
     result = {
-        "trials": len(train), "concurrent": args.concurrent, "model": args.model,
-        "command_wall_s": round(wall, 1), "fit_wall_s": round(fit_wall, 1),
+        "trials": len(train),
+        "concurrent": args.concurrent,
+        "model": args.model,
+        "command_wall_s": round(wall, 1),
+        "fit_wall_s": round(fit_wall, 1),
         "overhead_to_first_step_s_median": round(statistics.median(overheads), 2),
         "overhead_to_first_step_s_max": round(max(overheads), 2),
         "setup_time_s_median": round(statistics.median(setup), 2),
@@ -96,9 +131,11 @@ def main() -> None:
     }
     for k, v in result.items():
         print(f"{k:36s} {v}")
-    print(f"\n{len(train)} trials, {args.concurrent} at a time: trial start to first step "
-          f"{result['overhead_to_first_step_s_median']} s (median); "
-          f"{outside:.1%} of the sweep's slot time outside training and evaluation")
+    print(
+        f"\n{len(train)} trials, {args.concurrent} at a time: trial start to first step "
+        f"{result['overhead_to_first_step_s_median']} s (median); "
+        f"{outside:.1%} of the sweep's slot time outside training and evaluation"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
 

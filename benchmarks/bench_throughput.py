@@ -125,13 +125,19 @@ def load_raw_train(data: MultitaskData, task: str, cfg: TrialConfig) -> RawSplit
     train_path, _, _ = task_files(data.data_dir, task)
     parsed = read_task_file(train_path, task)
     order = split_order(parsed.ids, cfg.data.split_seed, f"{task}/heldout")
-    rows = order[held_out_count(len(order), cfg.data.test_fraction):]
+    rows = order[held_out_count(len(order), cfg.data.test_fraction) :]
     rows = rows[: len(data.train[task])]
-    raw = RawSplit(task, [parsed.ids[i] for i in rows], [parsed.texts[i] for i in rows],
-                   data.train[task].labels)
+    raw = RawSplit(
+        task,
+        [parsed.ids[i] for i in rows],
+        [parsed.texts[i] for i in rows],
+        data.train[task].labels,
+    )
     if raw.ids != data.train[task].ids:
-        raise RuntimeError(f"{task}: the raw rows differ from data.py's train split; update "
-                           "load_raw_train to follow load_multitask_data")
+        raise RuntimeError(
+            f"{task}: the raw rows differ from data.py's train split; update "
+            "load_raw_train to follow load_multitask_data"
+        )
     return raw
 
 
@@ -141,11 +147,20 @@ class StarterPipeline:
 
     name = "A starter-style"
 
-    def __init__(self, model: MultitaskBert, raw: dict[str, RawSplit], sort_keys: dict[str, list[int]],
-                 tokenizer: WordPieceTokenizer, cfg: TrialConfig, seeds: dict[str, int]) -> None:
+    def __init__(
+        self,
+        model: MultitaskBert,
+        raw: dict[str, RawSplit],
+        sort_keys: dict[str, list[int]],
+        tokenizer: WordPieceTokenizer,
+        cfg: TrialConfig,
+        seeds: dict[str, int],
+    ) -> None:
         self.model, self.raw, self.tokenizer, self.cfg = model, raw, tokenizer, cfg
         t = cfg.train
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(), lr=t.lr, weight_decay=t.weight_decay
+        )
         self._iters = {task: self._indices(sort_keys[task], seeds[task]) for task in raw}
         self.records: list[StepRecord] = []
 
@@ -158,8 +173,11 @@ class StarterPipeline:
     def make_batch(self, task: str, idx: Sequence[int]) -> Batch:
         """Tokenise and pad the raw texts of examples `idx`, as the starter's collate_fn does."""
         raw, tok, max_len = self.raw[task], self.tokenizer, self.cfg.data.max_length
-        batch: Batch = {"task": task, "ids": [raw.ids[i] for i in idx],
-                        "labels": raw.labels[torch.as_tensor(list(idx), dtype=torch.long)]}
+        batch: Batch = {
+            "task": task,
+            "ids": [raw.ids[i] for i in idx],
+            "labels": raw.labels[torch.as_tensor(list(idx), dtype=torch.long)],
+        }
         first = [raw.texts[i][0] for i in idx]
         if task == "sst":
             batch["inputs"] = tok.pad(tok.encode(first, max_len))
@@ -195,14 +213,21 @@ class HpsearchPipeline:
 
     name = "B hpsearch"
 
-    def __init__(self, model: MultitaskBert, data: MultitaskData, tokenizer: WordPieceTokenizer,
-                 cfg: TrialConfig, seeds: dict[str, int]) -> None:
+    def __init__(
+        self,
+        model: MultitaskBert,
+        data: MultitaskData,
+        tokenizer: WordPieceTokenizer,
+        cfg: TrialConfig,
+        seeds: dict[str, int],
+    ) -> None:
         self.engine = build_engine(model, cfg.train)
         self.model: MultitaskBert = self.engine.module
         self.shared = self.model.shared_parameters()
         self.surgery = SumGradients()
-        self.streams = {t: TaskStream(data.train[t], cfg.train.batch_size, tokenizer, seeds[t])
-                        for t in TASKS}
+        self.streams = {
+            t: TaskStream(data.train[t], cfg.train.batch_size, tokenizer, seeds[t]) for t in TASKS
+        }
         self.records: list[StepRecord] = []
 
     def step(self) -> StepRecord:
@@ -228,8 +253,9 @@ def _check_finite(losses: dict[str, torch.Tensor]) -> None:
 def _record(batches: dict[str, Batch], seconds: float, data_seconds: float) -> StepRecord:
     examples = sum(len(b["ids"]) for b in batches.values())
     computed = [batch_positions(b)[2:] for b in batches.values()]
-    return StepRecord(examples, seconds, data_seconds, sum(c[0] for c in computed),
-                      sum(c[1] for c in computed))
+    return StepRecord(
+        examples, seconds, data_seconds, sum(c[0] for c in computed), sum(c[1] for c in computed)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,8 +270,13 @@ class PassPadding:
     pads_per_batch: float
 
 
-def pass_padding(split: EncodedSplit, batch_size: int, tokenizer: WordPieceTokenizer,
-                 bucketed: bool, seed: int = 0) -> PassPadding:
+def pass_padding(
+    split: EncodedSplit,
+    batch_size: int,
+    tokenizer: WordPieceTokenizer,
+    bucketed: bool,
+    seed: int = 0,
+) -> PassPadding:
     """Padding of one shuffled pass of training batches, bucketed (B) or not (A).
 
     A's batches hold the same token ids as B's (same tokenizer, same truncation), so cutting the
@@ -258,8 +289,12 @@ def pass_padding(split: EncodedSplit, batch_size: int, tokenizer: WordPieceToken
         for k, v in enumerate(batch_positions(split.make_batch(idx, tokenizer))):
             sums[k] += v
     total, pads, computed, computed_pads = sums
-    return PassPadding(pads / total, computed_pads / computed, computed / len(batches),
-                       computed_pads / len(batches))
+    return PassPadding(
+        pads / total,
+        computed_pads / computed,
+        computed / len(batches),
+        computed_pads / len(batches),
+    )
 
 
 def pair_floor(split: EncodedSplit) -> float:
@@ -293,32 +328,42 @@ class PipelineResult:
     block_rates: list[float] = field(default_factory=list)
 
 
-def summarise(name: str, records: list[StepRecord], blocks: list[list[StepRecord]]
-              ) -> PipelineResult:
+def summarise(
+    name: str, records: list[StepRecord], blocks: list[list[StepRecord]]
+) -> PipelineResult:
     seconds = sum(r.seconds for r in records)
     examples = sum(r.examples for r in records)
     rates = [sum(r.examples for r in b) / sum(r.seconds for r in b) for b in blocks]
     data_s = sum(r.data_seconds for r in records)
     positions = sum(r.positions for r in records)
     return PipelineResult(
-        name=name, steps=len(records), examples=examples, seconds=seconds,
+        name=name,
+        steps=len(records),
+        examples=examples,
+        seconds=seconds,
         median_examples_per_s=statistics.median(rates),
         aggregate_examples_per_s=examples / seconds,
         median_step_ms=1e3 * statistics.median(r.seconds for r in records),
-        data_ms_per_step=1e3 * data_s / len(records), data_share=data_s / seconds,
+        data_ms_per_step=1e3 * data_s / len(records),
+        data_share=data_s / seconds,
         positions_per_step=positions / len(records),
         computed_pad_share=sum(r.pad_positions for r in records) / positions,
-        block_rates=rates)
+        block_rates=rates,
+    )
 
 
 def build_config(args: argparse.Namespace) -> TrialConfig:
-    overrides = [f"data.max_length={args.max_length}", f"train.batch_size={args.batch_size}",
-                 f"train.seed={args.seed}", f"train.deepspeed.precision={args.precision}",
-                 f"model.checkpoint={args.checkpoint}", f"model.pair_encoding={args.pair_encoding}"]
+    overrides = [
+        f"data.max_length={args.max_length}",
+        f"train.batch_size={args.batch_size}",
+        f"train.seed={args.seed}",
+        f"train.deepspeed.precision={args.precision}",
+        f"model.checkpoint={args.checkpoint}",
+        f"model.pair_encoding={args.pair_encoding}",
+    ]
     if args.data_dir is not None:
         overrides.append(f"data.data_dir={args.data_dir}")
     return load_trial_config(None, overrides + list(args.set))
-
 
 
 def cpu_model_name() -> str:
@@ -361,13 +406,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tokenise_all_s = time.perf_counter() - t0
 
     m = cfg.model
-    model_a = MultitaskBert(copy.deepcopy(encoder), m.dropout, m.pair_encoding, m.pooling,
-                            cfg.extensions.cosine_sts)
+    model_a = MultitaskBert(
+        copy.deepcopy(encoder), m.dropout, m.pair_encoding, m.pooling, cfg.extensions.cosine_sts
+    )
     model_b = copy.deepcopy(model_a)  # same initial weights, heads included
     # The trainer's per-task stream seeds for multitask epoch 0; A uses the same seeds.
     seeds = {t: cfg.train.seed * 7919 + 104729 + i for i, t in enumerate(TASKS)}
-    pipe_a = StarterPipeline(model_a, raw, {t: data.train[t].sort_keys for t in TASKS},
-                             tokenizer, cfg, seeds)
+    pipe_a = StarterPipeline(
+        model_a, raw, {t: data.train[t].sort_keys for t in TASKS}, tokenizer, cfg, seeds
+    )
     pipe_b = HpsearchPipeline(model_b, data, tokenizer, cfg, seeds)
     bf16 = use_bf16(cfg.train.deepspeed.precision)
 
@@ -379,11 +426,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     done, k = 0, 0
     while done < args.steps:
         n = min(args.block, args.steps - done)
-        for key in ("AB" if k % 2 == 0 else "BA"):  # A B B A A B ...
+        for key in "AB" if k % 2 == 0 else "BA":  # A B B A A B ...
             blocks[key].append([pipes[key].step() for _ in range(n)])
         done, k = done + n, k + 1
-    res = {key: summarise(pipes[key].name, [r for b in blocks[key] for r in b], blocks[key])
-           for key in "AB"}
+    res = {
+        key: summarise(pipes[key].name, [r for b in blocks[key] for r in b], blocks[key])
+        for key in "AB"
+    }
     paired = [b / a for a, b in zip(res["A"].block_rates, res["B"].block_rates, strict=True)]
 
     bs = cfg.train.batch_size
@@ -396,7 +445,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         padding[task] = {
             "A": padding_share(split, bs, tokenizer, bucketed=False, seed=cfg.train.seed),
             "B": padding_share(split, bs, tokenizer, bucketed=True, seed=cfg.train.seed),
-            "A_computed": pa.computed_share, "B_computed": pb.computed_share,
+            "A_computed": pa.computed_share,
+            "B_computed": pb.computed_share,
             "floor_computed": pair_floor(split),
         }
         for key, p in (("A", pa), ("B", pb)):
@@ -411,29 +461,47 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     elif hw_bf16:
         precision_b = "fp32 (precision forced to fp32)"
     else:
-        precision_b = ("fp32 (this CPU has no avx512_bf16/AMX, so 'auto' stays fp32; bf16 "
-                       "would be emulated and slower)")
+        precision_b = (
+            "fp32 (this CPU has no avx512_bf16/AMX, so 'auto' stays fp32; bf16 "
+            "would be emulated and slower)"
+        )
     return {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if args.record_argv else None,
-        "machine": {"cpu": cpu_model_name(), "cores": os.cpu_count(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "python": sys.version.split()[0], "hardware_bf16": hw_bf16,
-                    "load_average": [load_before, _load_average()]},
-        "setup": {"data_dir": str(data.data_dir), "checkpoint": m.checkpoint,
-                  "train_sizes": {t: len(data.train[t]) for t in TASKS},
-                  "batch_size": bs, "max_length": cfg.data.max_length,
-                  "pair_encoding": m.pair_encoding, "steps": args.steps, "block": args.block,
-                  "warmup": args.warmup, "seed": cfg.train.seed,
-                  "precision_a": "fp32", "precision_b": precision_b},
-        "A": asdict(res["A"]), "B": asdict(res["B"]),
+        "machine": {
+            "cpu": cpu_model_name(),
+            "cores": os.cpu_count(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "python": sys.version.split()[0],
+            "hardware_bf16": hw_bf16,
+            "load_average": [load_before, _load_average()],
+        },
+        "setup": {
+            "data_dir": str(data.data_dir),
+            "checkpoint": m.checkpoint,
+            "train_sizes": {t: len(data.train[t]) for t in TASKS},
+            "batch_size": bs,
+            "max_length": cfg.data.max_length,
+            "pair_encoding": m.pair_encoding,
+            "steps": args.steps,
+            "block": args.block,
+            "warmup": args.warmup,
+            "seed": cfg.train.seed,
+            "precision_a": "fp32",
+            "precision_b": precision_b,
+        },
+        "A": asdict(res["A"]),
+        "B": asdict(res["B"]),
         "ratio_b_over_a": res["B"].median_examples_per_s / res["A"].median_examples_per_s,
         "paired_block_ratio_median": statistics.median(paired),
         "padding": padding,
-        "tokenisation": {"a_ms_per_step": res["A"].data_ms_per_step,
-                         "a_share_of_step": res["A"].data_share,
-                         "b_batch_ms_per_step": res["B"].data_ms_per_step,
-                         "b_one_off_all_train_s": tokenise_all_s,
-                         "b_cached_load_s": load_s},
+        "tokenisation": {
+            "a_ms_per_step": res["A"].data_ms_per_step,
+            "a_share_of_step": res["A"].data_share,
+            "b_batch_ms_per_step": res["B"].data_ms_per_step,
+            "b_one_off_all_train_s": tokenise_all_s,
+            "b_cached_load_s": load_s,
+        },
     }
 
 
@@ -443,8 +511,9 @@ def report(r: dict[str, Any]) -> str:
         f"machine: {mach['cpu']}, {mach['cores']} cores, torch {mach['torch']}, "
         f"threads {mach['threads']}, python {mach['python']}",
         *_load_note(mach),
-        f"data: {setup['data_dir']} (train " + ", ".join(
-            f"{t} {n}" for t, n in setup["train_sizes"].items()) + f"); checkpoint "
+        f"data: {setup['data_dir']} (train "
+        + ", ".join(f"{t} {n}" for t, n in setup["train_sizes"].items())
+        + f"); checkpoint "
         f"{setup['checkpoint']}; batch {setup['batch_size']} per task, max_length "
         f"{setup['max_length']}, {setup['pair_encoding']} pairs",
         f"precision: A fp32; B {setup['precision_b']}",
@@ -455,10 +524,12 @@ def report(r: dict[str, Any]) -> str:
         f"{'data ms':>9}{'tokens/step':>13}{'pad (run)':>11}",
     ]
     for p in (a, b):
-        lines.append(f"{p['name']:<18}{p['median_examples_per_s']:>12.1f}"
-                     f"{p['aggregate_examples_per_s']:>10.1f}{p['median_step_ms']:>10.0f}"
-                     f"{p['data_ms_per_step']:>9.1f}{p['positions_per_step']:>13.0f}"
-                     f"{p['computed_pad_share']:>11.1%}")
+        lines.append(
+            f"{p['name']:<18}{p['median_examples_per_s']:>12.1f}"
+            f"{p['aggregate_examples_per_s']:>10.1f}{p['median_step_ms']:>10.0f}"
+            f"{p['data_ms_per_step']:>9.1f}{p['positions_per_step']:>13.0f}"
+            f"{p['computed_pad_share']:>11.1%}"
+        )
     lines += [
         f"ratio B/A {r['ratio_b_over_a']:.2f}x (medians; median of paired blocks "
         f"{r['paired_block_ratio_median']:.2f}x)",
@@ -469,13 +540,19 @@ def report(r: dict[str, Any]) -> str:
     pad = r["padding"]
     for task in TASKS:
         p = pad[task]
-        lines.append(f"{task:<6}{p['A']:>8.1%}{p['B']:>8.1%}{p['A_computed']:>9.1%}"
-                     f"{p['B_computed']:>9.1%}{p['floor_computed']:>8.1%}")
-    lines.append(f"{'step':<6}{'':>8}{'':>8}{pad['step']['A_computed']:>9.1%}"
-                 f"{pad['step']['B_computed']:>9.1%}")
-    lines.append("  A/B: padded positions per input (trainables.minbert.data.padding_share); "
-                 "comp: as the encoder computes them (both siamese sides widened to the wider); "
-                 "floor: what perfect sorting leaves (a pair's shorter side)")
+        lines.append(
+            f"{task:<6}{p['A']:>8.1%}{p['B']:>8.1%}{p['A_computed']:>9.1%}"
+            f"{p['B_computed']:>9.1%}{p['floor_computed']:>8.1%}"
+        )
+    lines.append(
+        f"{'step':<6}{'':>8}{'':>8}{pad['step']['A_computed']:>9.1%}"
+        f"{pad['step']['B_computed']:>9.1%}"
+    )
+    lines.append(
+        "  A/B: padded positions per input (trainables.minbert.data.padding_share); "
+        "comp: as the encoder computes them (both siamese sides widened to the wider); "
+        "floor: what perfect sorting leaves (a pair's shorter side)"
+    )
     tok = r["tokenisation"]
     lines += [
         "",
@@ -494,37 +571,54 @@ def _load_note(machine: dict[str, Any]) -> list[str]:
         return []
     line = f"load average (1 min) at start / end: {' / '.join(f'{x:.1f}' for x in loads)}"
     if machine["threads"] > 1 and max(loads) > (machine["cores"] or 1):
-        line += (f"; more demand than {machine['cores']} cores: torch's {machine['threads']} "
-                 "threads wait on each other, use --threads 1 for stable figures")
+        line += (
+            f"; more demand than {machine['cores']} cores: torch's {machine['threads']} "
+            "threads wait on each other, use --threads 1 for stable figures"
+        )
     return [line]
 
 
 def summary_line(r: dict[str, Any]) -> str:
     ratio, step_pad = r["ratio_b_over_a"], r["padding"]["step"]
-    return (f"summary: hpsearch trains {ratio:.2f}x the examples/s of the starter-style loop "
-            f"(target 2x: {'reached' if ratio >= 2 else 'not reached'}); padding per step "
-            f"{step_pad['B_computed']:.1%} vs {step_pad['A_computed']:.1%} "
-            f"(target <5%: {'reached' if step_pad['B_computed'] < 0.05 else 'not reached'})")
+    return (
+        f"summary: hpsearch trains {ratio:.2f}x the examples/s of the starter-style loop "
+        f"(target 2x: {'reached' if ratio >= 2 else 'not reached'}); padding per step "
+        f"{step_pad['B_computed']:.1%} vs {step_pad['A_computed']:.1%} "
+        f"(target <5%: {'reached' if step_pad['B_computed'] < 0.05 else 'not reached'})"
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--data-dir", default=None,
-                        help="CS224N files (default: the built-in synthetic set)")
-    parser.add_argument("--checkpoint", default="minilm",
-                        help="'minilm', a BERT folder, or 'random' (model.* sizes via --set)")
+    parser.add_argument(
+        "--data-dir", default=None, help="CS224N files (default: the built-in synthetic set)"
+    )
+    parser.add_argument(
+        "--checkpoint",
+        default="minilm",
+        help="'minilm', a BERT folder, or 'random' (model.* sizes via --set)",
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="examples per task per step")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--pair-encoding", default="siamese", choices=["siamese", "cross"])
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                        help="B's train.deepspeed.precision (A is always fp32)")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="B's train.deepspeed.precision (A is always fp32)",
+    )
     parser.add_argument("--steps", type=int, default=20, help="timed steps per pipeline")
     parser.add_argument("--block", type=int, default=2, help="steps per alternating block")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per pipeline")
     parser.add_argument("--seed", type=int, default=11711)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="trial-config override, e.g. model.checkpoint=random (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="trial-config override, e.g. model.checkpoint=random (repeatable)",
+    )
     parser.add_argument("--json", default=None, metavar="OUT", help="also write the figures here")
     args = parser.parse_args(argv)
     args.record_argv = argv is None

@@ -28,8 +28,10 @@ def resolve_train_config(args: argparse.Namespace) -> TrialConfig:
     if args.data_dir:
         data_dir = Path(args.data_dir)
         if not data_dir.is_dir():
-            raise ConfigError(f"--data-dir {data_dir} does not exist: pass the folder holding the "
-                              "CS224N files (see `hpsearch data download`)")
+            raise ConfigError(
+                f"--data-dir {data_dir} does not exist: pass the folder holding the "
+                "CS224N files (see `hpsearch data download`)"
+            )
         overrides.append(f"data.data_dir={data_dir.resolve()}")
     return load_trial_config(args.config, overrides)
 
@@ -41,10 +43,14 @@ def _out_dir(args: argparse.Namespace) -> Path:
         out = Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.resume:
         if not out.is_dir():
-            raise ConfigError(f"--resume: run folder {out} does not exist: pass the --out of the run to continue")
+            raise ConfigError(
+                f"--resume: run folder {out} does not exist: pass the --out of the run to continue"
+            )
     elif out.exists() and any(out.iterdir()):
-        raise ConfigError(f"run folder {out} already holds results: pass another --out, "
-                          "or --resume to continue that run")
+        raise ConfigError(
+            f"run folder {out} already holds results: pass another --out, "
+            "or --resume to continue that run"
+        )
     return out
 
 
@@ -70,11 +76,15 @@ def preflight(cfg: TrialConfig) -> None:
     if m.checkpoint == "random" and m.vocab_file:
         vocab = Path(m.vocab_file)
         if not vocab.is_file():
-            raise ConfigError(f"model.vocab_file {vocab} does not exist: pass a WordPiece "
-                              "vocab.txt, or leave it unset to use MiniLM's")
+            raise ConfigError(
+                f"model.vocab_file {vocab} does not exist: pass a WordPiece "
+                "vocab.txt, or leave it unset to use MiniLM's"
+            )
     else:
-        vocab = resolve_checkpoint_dir("minilm" if m.checkpoint == "random" else m.checkpoint
-                                       ) / "vocab.txt"
+        vocab = (
+            resolve_checkpoint_dir("minilm" if m.checkpoint == "random" else m.checkpoint)
+            / "vocab.txt"
+        )
     load_multitask_data(cfg.data, WordPieceTokenizer(vocab), m.pair_encoding)
 
 
@@ -90,16 +100,24 @@ def run_train(args: argparse.Namespace) -> int:
     from trainables.minbert.train import train_trial
 
     t0 = time.perf_counter()
-    summary = train_trial(cfg, out, callbacks=[ProgressBar()],
-                          resume_from=out if args.resume else None)
+    summary = train_trial(
+        cfg, out, callbacks=[ProgressBar()], resume_from=out if args.resume else None
+    )
     print(format_summary(cfg, summary, out, time.perf_counter() - t0))
     return 0
 
 
 def format_summary(cfg: TrialConfig, summary: dict[str, Any], out: Path, wall_s: float) -> str:
     ext = cfg.extensions
-    on = [name for name, flag in (("cosine_sts", ext.cosine_sts), ("pcgrad", ext.pcgrad),
-                                  ("sequential_sts", ext.sequential_sts)) if flag]
+    on = [
+        name
+        for name, flag in (
+            ("cosine_sts", ext.cosine_sts),
+            ("pcgrad", ext.pcgrad),
+            ("sequential_sts", ext.sequential_sts),
+        )
+        if flag
+    ]
     lines = [
         "",
         f"run folder   {out}",
@@ -113,9 +131,14 @@ def format_summary(cfg: TrialConfig, summary: dict[str, Any], out: Path, wall_s:
         f"{'split':<8}{'SST acc':>10}{'Quora acc':>11}{'STS r':>9}{'overall':>10}",
     ]
     for split, label in (("dev", "dev"), ("train", "train*"), ("test", "test**")):
-        lines.append(f"{label:<8}{summary[f'{split}_sst_acc']:>10.3f}{summary[f'{split}_para_acc']:>11.3f}"
-                     f"{summary[f'{split}_sts_r']:>9.3f}{summary[f'{split}_overall']:>10.3f}")
-    lines += ["", "*  a fixed subset of the training split",
-              "** the held-out split of each train file (the official test files have no labels)",
-              f"predictions  {out / 'predictions'}   TensorBoard  tensorboard --logdir {out / 'tb'}"]
+        lines.append(
+            f"{label:<8}{summary[f'{split}_sst_acc']:>10.3f}{summary[f'{split}_para_acc']:>11.3f}"
+            f"{summary[f'{split}_sts_r']:>9.3f}{summary[f'{split}_overall']:>10.3f}"
+        )
+    lines += [
+        "",
+        "*  a fixed subset of the training split",
+        "** the held-out split of each train file (the official test files have no labels)",
+        f"predictions  {out / 'predictions'}   TensorBoard  tensorboard --logdir {out / 'tb'}",
+    ]
     return "\n".join(lines)

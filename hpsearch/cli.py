@@ -37,8 +37,11 @@ def _number(kind: type, low: float, strict: bool):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if value != value or value in (float("inf"), float("-inf")) or (
-                value <= low if strict else value < low):
+        if (
+            value != value
+            or value in (float("inf"), float("-inf"))
+            or (value <= low if strict else value < low)
+        ):
             raise argparse.ArgumentTypeError(f"expected {what} {bound}, got {text}")
         return value
 
@@ -58,39 +61,85 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="hpsearch", description="Distributed hyperparameter search for multitask minBERT.")
+    p = _Parser(
+        prog="hpsearch", description="Distributed hyperparameter search for multitask minBERT."
+    )
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train one configuration, without Ray")
     t.add_argument("config", help="trial config YAML (sections model, data, train, extensions)")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=2e-5")
-    t.add_argument("--data-dir", help="folder with the CS224N files (default: built-in synthetic data)")
-    t.add_argument("--out", help="run folder (default: runs/<config name>-<time>); must not exist yet")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
-    t.add_argument("--smoke-test", action="store_true", help="a few steps on a little data, to check the set-up")
+    t.add_argument(
+        "--data-dir", help="folder with the CS224N files (default: built-in synthetic data)"
+    )
+    t.add_argument(
+        "--out", help="run folder (default: runs/<config name>-<time>); must not exist yet"
+    )
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its newest checkpoint",
+    )
+    t.add_argument(
+        "--smoke-test",
+        action="store_true",
+        help="a few steps on a little data, to check the set-up",
+    )
 
     s = sub.add_parser("sweep", help="run a search space as a Ray Tune experiment")
     s.add_argument("space", help="search space YAML (see search_spaces/)")
-    s.add_argument("overrides", nargs="*", help="dotted trial-config overrides applied to every trial")
+    s.add_argument(
+        "overrides", nargs="*", help="dotted trial-config overrides applied to every trial"
+    )
     s.add_argument("--name", help="experiment name (default: the space's name)")
-    s.add_argument("--storage-path", default="results", help="where experiments live (default: results/)")
-    s.add_argument("--num-samples", type=_positive_int, help="trials to run (default: the space's)")
+    s.add_argument(
+        "--storage-path", default="results", help="where experiments live (default: results/)"
+    )
+    s.add_argument(
+        "--num-samples", type=_positive_int, help="trials to run (default: the space's)"
+    )
     s.add_argument("--max-concurrent", type=_positive_int, help="trials running at once")
-    s.add_argument("--cpus-per-trial", type=_positive_float, default=None, help="CPUs per trial worker")
-    s.add_argument("--gpus-per-trial", type=_non_negative_float, default=0.0, help="GPUs per trial worker")
-    s.add_argument("--workers-per-trial", type=_positive_int, default=1,
-                   help="data-parallel DeepSpeed workers per trial (Ray Train)")
-    s.add_argument("--data-dir", help="folder with the CS224N files (default: built-in synthetic data)")
-    s.add_argument("--address", help="Ray cluster address (e.g. auto or HOST:6379); default: a local Ray")
+    s.add_argument(
+        "--cpus-per-trial", type=_positive_float, default=None, help="CPUs per trial worker"
+    )
+    s.add_argument(
+        "--gpus-per-trial", type=_non_negative_float, default=0.0, help="GPUs per trial worker"
+    )
+    s.add_argument(
+        "--workers-per-trial",
+        type=_positive_int,
+        default=1,
+        help="data-parallel DeepSpeed workers per trial (Ray Train)",
+    )
+    s.add_argument(
+        "--data-dir", help="folder with the CS224N files (default: built-in synthetic data)"
+    )
+    s.add_argument(
+        "--address", help="Ray cluster address (e.g. auto or HOST:6379); default: a local Ray"
+    )
     s.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray (default: all)")
-    s.add_argument("--max-failures", type=_non_negative_int, default=2,
-                   help="retries of a crashed trial from its last checkpoint (default 2)")
-    s.add_argument("--time-limit-per-trial", type=_positive_float, default=None,
-                   help="seconds a trial may run before it is stopped and marked failed")
-    s.add_argument("--exist-ok-suffix", action="store_true",
-                   help="if the experiment folder exists, use NAME-2, NAME-3, ... instead of refusing")
-    s.add_argument("--warm-start", metavar="EXP_DIR",
-                   help="seed the sampler with the finished trials of an earlier experiment")
+    s.add_argument(
+        "--max-failures",
+        type=_non_negative_int,
+        default=2,
+        help="retries of a crashed trial from its last checkpoint (default 2)",
+    )
+    s.add_argument(
+        "--time-limit-per-trial",
+        type=_positive_float,
+        default=None,
+        help="seconds a trial may run before it is stopped and marked failed",
+    )
+    s.add_argument(
+        "--exist-ok-suffix",
+        action="store_true",
+        help="if the experiment folder exists, use NAME-2, NAME-3, ... instead of refusing",
+    )
+    s.add_argument(
+        "--warm-start",
+        metavar="EXP_DIR",
+        help="seed the sampler with the finished trials of an earlier experiment",
+    )
     s.add_argument("--no-report", action="store_true", help="skip the report at the end")
     s.add_argument("--smoke-test", action="store_true", help="2 tiny trials, to check the set-up")
 
@@ -106,7 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     tb = sub.add_parser("tensorboard", help="start TensorBoard on an experiment (127.0.0.1)")
     tb.add_argument("exp_dir")
     tb.add_argument("--port", type=int, default=6006)
-    tb.add_argument("--host", default="127.0.0.1", help="bind address; anything but loopback needs --allow-remote")
+    tb.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="bind address; anything but loopback needs --allow-remote",
+    )
     tb.add_argument("--allow-remote", action="store_true")
 
     c = sub.add_parser("check-cluster", help="validate a Ray cluster-launcher file")
@@ -116,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = d.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     dl = dsub.add_parser("download", help="fetch the official CS224N files and check them")
     dl.add_argument("--dest", required=True)
-    dl.add_argument("--base-url", default=None, help="mirror of the starter repository's data/ folder")
+    dl.add_argument(
+        "--base-url", default=None, help="mirror of the starter repository's data/ folder"
+    )
     sy = dsub.add_parser("synth", help="write the built-in synthetic data set (CS224N format)")
     sy.add_argument("--dest", required=True)
     sy.add_argument("--seed", type=int, default=0)
@@ -165,7 +220,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         exp = Path(args.exp_dir)
         if not exp.is_dir():
-            raise ConfigError(f"experiment folder {exp} does not exist: pass the folder a sweep wrote")
+            raise ConfigError(
+                f"experiment folder {exp} does not exist: pass the folder a sweep wrote"
+            )
         serve_forever(exp, host=args.host, port=args.port, allow_remote=args.allow_remote)
         return 0
     if args.command == "check-cluster":
@@ -181,7 +238,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _report(exp_dir: Path) -> int:
     if not exp_dir.is_dir():
-        raise ConfigError(f"experiment folder {exp_dir} does not exist: pass the folder a sweep wrote")
+        raise ConfigError(
+            f"experiment folder {exp_dir} does not exist: pass the folder a sweep wrote"
+        )
     from reports import ReportError, build_report
 
     try:

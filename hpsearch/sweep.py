@@ -57,8 +57,13 @@ JOURNAL = "optuna.journal"
 
 # What --smoke-test changes in every trial: a few steps on a little data.
 SMOKE_TRIAL_OVERRIDES = {
-    "data.max_train_examples": 48, "data.max_eval_examples": 32, "data.train_eval_examples": 16,
-    "data.max_length": 32, "train.max_steps": 4, "train.evals_per_epoch": 2, "train.batch_size": 8,
+    "data.max_train_examples": 48,
+    "data.max_eval_examples": 32,
+    "data.train_eval_examples": 16,
+    "data.max_length": 32,
+    "train.max_steps": 4,
+    "train.evals_per_epoch": 2,
+    "train.batch_size": 8,
 }
 
 
@@ -100,35 +105,47 @@ _ADDRESS_RE = re.compile(r"^(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
 def _check_settings(settings: SweepSettings) -> None:
     """Refuse settings that could never run (a trial bigger than the machine, say)."""
     if settings.max_failures < 0:
-        raise ConfigError(f"--max-failures {settings.max_failures}: give a number >= 0 "
-                          "(retries of a failed trial from its last checkpoint)")
+        raise ConfigError(
+            f"--max-failures {settings.max_failures}: give a number >= 0 "
+            "(retries of a failed trial from its last checkpoint)"
+        )
     if settings.time_limit_per_trial is not None and not settings.time_limit_per_trial > 0:
-        raise ConfigError(f"--time-limit-per-trial {settings.time_limit_per_trial:g}: give a "
-                          "number of seconds > 0, or leave it out for no limit")
+        raise ConfigError(
+            f"--time-limit-per-trial {settings.time_limit_per_trial:g}: give a "
+            "number of seconds > 0, or leave it out for no limit"
+        )
     if settings.cpus_per_trial is not None and not settings.cpus_per_trial > 0:
-        raise ConfigError(f"--cpus-per-trial {settings.cpus_per_trial:g}: give a number > 0 "
-                          "(a trial with no CPU would never be limited)")
+        raise ConfigError(
+            f"--cpus-per-trial {settings.cpus_per_trial:g}: give a number > 0 "
+            "(a trial with no CPU would never be limited)"
+        )
     if settings.address is not None:
         if settings.address not in ("auto", "local") and not _ADDRESS_RE.match(settings.address):
-            raise ConfigError(f"--address {settings.address!r} is not a Ray address: use auto, "
-                              "HOST:PORT (e.g. 10.0.0.5:6379) or ray://HOST:PORT")
+            raise ConfigError(
+                f"--address {settings.address!r} is not a Ray address: use auto, "
+                "HOST:PORT (e.g. 10.0.0.5:6379) or ray://HOST:PORT"
+            )
         return  # a cluster's resources are known only once connected
     cpus = settings.num_cpus or os.cpu_count() or 1
     need = (settings.cpus_per_trial or 1) * settings.workers_per_trial
     if settings.workers_per_trial > 1:
         need += 0.1  # the Tune trial that drives the Ray Train workers
     if need > cpus:
-        raise ConfigError(f"one trial needs {need:g} CPUs ({settings.workers_per_trial} worker(s) x "
-                          f"{settings.cpus_per_trial or 1:g}) but the local Ray has {cpus}: lower "
-                          "--cpus-per-trial or --workers-per-trial, or raise --num-cpus")
+        raise ConfigError(
+            f"one trial needs {need:g} CPUs ({settings.workers_per_trial} worker(s) x "
+            f"{settings.cpus_per_trial or 1:g}) but the local Ray has {cpus}: lower "
+            "--cpus-per-trial or --workers-per-trial, or raise --num-cpus"
+        )
     if settings.gpus_per_trial:
         import torch
 
         have = torch.cuda.device_count()
         if settings.gpus_per_trial * settings.workers_per_trial > have:
-            raise ConfigError(f"--gpus-per-trial {settings.gpus_per_trial:g} but this machine has "
-                              f"{have} GPU(s): trials would wait forever; drop the option, or "
-                              "pass --address of a cluster with GPUs")
+            raise ConfigError(
+                f"--gpus-per-trial {settings.gpus_per_trial:g} but this machine has "
+                f"{have} GPU(s): trials would wait forever; drop the option, or "
+                "pass --address of a cluster with GPUs"
+            )
 
 
 def _check_inputs(space: SearchSpace, settings: SweepSettings) -> dict[str, Any]:
@@ -141,8 +158,10 @@ def _check_inputs(space: SearchSpace, settings: SweepSettings) -> dict[str, Any]
     if settings.data_dir:
         data_dir = Path(settings.data_dir).expanduser()
         if not data_dir.is_dir():
-            raise ConfigError(f"--data-dir {data_dir} does not exist: pass the folder holding the "
-                              "CS224N files (see `hpsearch data download`)")
+            raise ConfigError(
+                f"--data-dir {data_dir} does not exist: pass the folder holding the "
+                "CS224N files (see `hpsearch data download`)"
+            )
         extra["data.data_dir"] = str(data_dir.resolve())
     if settings.workers_per_trial > 1:
         extra["train.num_workers"] = settings.workers_per_trial
@@ -151,8 +170,9 @@ def _check_inputs(space: SearchSpace, settings: SweepSettings) -> dict[str, Any]
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-    study = optuna.create_study(sampler=space.optuna_sampler(),
-                                directions=["maximize"] * max(1, len(space.objectives)))
+    study = optuna.create_study(
+        sampler=space.optuna_sampler(), directions=["maximize"] * max(1, len(space.objectives))
+    )
     trial = study.ask()
     constants = space.define_by_run(trial) or {}
     resolve_trial(space, {**trial.params, **constants}, extra)
@@ -167,8 +187,9 @@ def _check_data(space: SearchSpace, extra: dict[str, Any]) -> list[str]:
     from trainables.minbert.data import load_multitask_data
     from trainables.minbert.tokenizer import tokenizer_for
 
-    trial = optuna.create_study(sampler=space.optuna_sampler(),
-                                directions=["maximize"] * max(1, len(space.objectives))).ask()
+    trial = optuna.create_study(
+        sampler=space.optuna_sampler(), directions=["maximize"] * max(1, len(space.objectives))
+    ).ask()
     constants = space.define_by_run(trial) or {}
     cfg = resolve_trial(space, {**trial.params, **constants}, extra)
     _check_checkpoints(space, extra, cfg.model.checkpoint)
@@ -216,8 +237,10 @@ def _experiment_dir(settings: SweepSettings, space: SearchSpace) -> Path:
     exp = root / name
     if exp.exists():
         if not settings.exist_ok_suffix:
-            raise ConfigError(f"experiment folder {exp} already exists: pass another --name, "
-                              f"or `hpsearch resume {exp}` to continue it")
+            raise ConfigError(
+                f"experiment folder {exp} already exists: pass another --name, "
+                f"or `hpsearch resume {exp}` to continue it"
+            )
         n = 2
         while (root / f"{name}-{n}").exists():
             n += 1
@@ -240,7 +263,9 @@ class _TuneReporter(TrainerCallback):
             from ray.train import Checkpoint
         result = {k: v for k, v in metrics.items() if v is not None}
         result["node_id"] = _node_id()
-        ckpt = Checkpoint.from_directory(str(checkpoint)) if checkpoint and self.rank == 0 else None
+        ckpt = (
+            Checkpoint.from_directory(str(checkpoint)) if checkpoint and self.rank == 0 else None
+        )
         self.report_fn(result, checkpoint=ckpt)
 
 
@@ -253,9 +278,15 @@ def _node_id() -> str:
         return "local"
 
 
-def _run_one(cfg_dict: dict[str, Any], run_dir: str, resume_from: str | None,
-             report_fn: Any, rank: int, in_tune: bool = True,
-             time_limit: float | None = None) -> None:
+def _run_one(
+    cfg_dict: dict[str, Any],
+    run_dir: str,
+    resume_from: str | None,
+    report_fn: Any,
+    rank: int,
+    in_tune: bool = True,
+    time_limit: float | None = None,
+) -> None:
     """Train one trial (in this process), report each evaluation and the final summary."""
     from trainables.minbert.config import TrialConfig
     from trainables.minbert.train import TrialFailure, train_trial
@@ -270,8 +301,9 @@ def _run_one(cfg_dict: dict[str, Any], run_dir: str, resume_from: str | None,
         # A NaN loss or the time limit: retrying would fail the same way. Reported as a
         # failed final result, so the trial ends at once, marked failed, and is never ranked.
         if rank == 0:
-            write_json_atomic(Path(run_dir) / "summary.json",
-                              {"status": "failed", "reason": str(exc)})
+            write_json_atomic(
+                Path(run_dir) / "summary.json", {"status": "failed", "reason": str(exc)}
+            )
         report_fn(_failed_result(str(exc)), checkpoint=None)
 
 
@@ -345,8 +377,14 @@ def _tune_trial(config: dict[str, Any], exp_dir: str) -> None:
             print(f"trial {trial_id}: {note}", flush=True)
         resume = str(resume_from) if resume_from else None
         if settings["workers_per_trial"] <= 1:
-            _run_one(cfg.model_dump(), str(run_dir), resume, ray.tune.report, rank=0,
-                     time_limit=settings.get("time_limit_per_trial"))
+            _run_one(
+                cfg.model_dump(),
+                str(run_dir),
+                resume,
+                ray.tune.report,
+                rank=0,
+                time_limit=settings.get("time_limit_per_trial"),
+            )
             return
         _fit_data_parallel(cfg.model_dump(), str(run_dir), resume, settings, trial_id, exp)
 
@@ -359,13 +397,25 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
     os.environ.setdefault("LOCAL_RANK", str(ctx.get_local_rank()))
     os.environ.setdefault("RANK", str(ctx.get_world_rank()))
     os.environ.setdefault("WORLD_SIZE", str(ctx.get_world_size()))
-    _run_one(loop_config["cfg"], loop_config["run_dir"], loop_config["resume_from"],
-             ray.train.report, rank=ctx.get_world_rank(), in_tune=False,
-             time_limit=loop_config.get("time_limit"))
+    _run_one(
+        loop_config["cfg"],
+        loop_config["run_dir"],
+        loop_config["resume_from"],
+        ray.train.report,
+        rank=ctx.get_world_rank(),
+        in_tune=False,
+        time_limit=loop_config.get("time_limit"),
+    )
 
 
-def _fit_data_parallel(cfg: dict[str, Any], run_dir: str, resume_from: str | None,
-                       settings: dict[str, Any], trial_id: str, exp: Path) -> None:
+def _fit_data_parallel(
+    cfg: dict[str, Any],
+    run_dir: str,
+    resume_from: str | None,
+    settings: dict[str, Any],
+    trial_id: str,
+    exp: Path,
+) -> None:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -375,13 +425,20 @@ def _fit_data_parallel(cfg: dict[str, Any], run_dir: str, resume_from: str | Non
         per_worker["GPU"] = settings["gpus_per_trial"]
     trainer = TorchTrainer(
         _train_worker,
-        train_loop_config={"cfg": cfg, "run_dir": run_dir, "resume_from": resume_from,
-                           "time_limit": settings.get("time_limit_per_trial")},
-        scaling_config=ScalingConfig(num_workers=settings["workers_per_trial"],
-                                     use_gpu=bool(settings["gpus_per_trial"]),
-                                     resources_per_worker=per_worker),
-        run_config=RunConfig(name=trial_id, storage_path=str(exp / "train_runs"),
-                             callbacks=[TuneReportCallback()]),
+        train_loop_config={
+            "cfg": cfg,
+            "run_dir": run_dir,
+            "resume_from": resume_from,
+            "time_limit": settings.get("time_limit_per_trial"),
+        },
+        scaling_config=ScalingConfig(
+            num_workers=settings["workers_per_trial"],
+            use_gpu=bool(settings["gpus_per_trial"]),
+            resources_per_worker=per_worker,
+        ),
+        run_config=RunConfig(
+            name=trial_id, storage_path=str(exp / "train_runs"), callbacks=[TuneReportCallback()]
+        ),
     )
     trainer.fit()
 
@@ -393,9 +450,20 @@ def _status_callback_cls():
     class StatusRecorder(Callback):
         """Writes trials/<id>.json as trials start, report, finish, stop early or fail."""
 
-        def __init__(self, exp_dir: Path, space: SearchSpace, extra: dict[str, Any],
-                     time_limit: float | None, max_failures: int = 0) -> None:
-            self.exp_dir, self.space, self.extra, self.time_limit = exp_dir, space, extra, time_limit
+        def __init__(
+            self,
+            exp_dir: Path,
+            space: SearchSpace,
+            extra: dict[str, Any],
+            time_limit: float | None,
+            max_failures: int = 0,
+        ) -> None:
+            self.exp_dir, self.space, self.extra, self.time_limit = (
+                exp_dir,
+                space,
+                extra,
+                time_limit,
+            )
             self.started: dict[str, float] = {}
             self.max_failures = max_failures
             (exp_dir / "trials").mkdir(parents=True, exist_ok=True)
@@ -406,15 +474,24 @@ def _status_callback_cls():
             except ConfigError:
                 flat = dict(trial.config)
             last = trial.last_result or {}
-            write_json_atomic(self.exp_dir / "trials" / f"{trial.trial_id}.json", {
-                "trial_id": trial.trial_id, "status": status, "reason": reason,
-                "trial_dir": f"runs/{trial.trial_id}", "variant": self.space.variant_of(trial.config),
-                "config": flat, "searched": [p.key for p in self.space.parameters if p.kind != "fixed"],
-                "evaluations": last.get("training_iteration", 0), "ray_trial_dir": trial.path,
-                "failures": int(getattr(trial, "num_failures", 0) or 0),
-                # wall clock (s since the epoch) as the driver saw the trial start and end
-                "started_at": self.started.setdefault(trial.trial_id, time.time()),
-                "ended_at": None if status == "running" else time.time()})
+            write_json_atomic(
+                self.exp_dir / "trials" / f"{trial.trial_id}.json",
+                {
+                    "trial_id": trial.trial_id,
+                    "status": status,
+                    "reason": reason,
+                    "trial_dir": f"runs/{trial.trial_id}",
+                    "variant": self.space.variant_of(trial.config),
+                    "config": flat,
+                    "searched": [p.key for p in self.space.parameters if p.kind != "fixed"],
+                    "evaluations": last.get("training_iteration", 0),
+                    "ray_trial_dir": trial.path,
+                    "failures": int(getattr(trial, "num_failures", 0) or 0),
+                    # wall clock (s since the epoch) as the driver saw the trial start and end
+                    "started_at": self.started.setdefault(trial.trial_id, time.time()),
+                    "ended_at": None if status == "running" else time.time(),
+                },
+            )
 
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self._write(trial, "running", None)
@@ -429,15 +506,25 @@ def _status_callback_cls():
                 n, step = last.get("training_iteration", 0), last.get("step")
                 limit = self.time_limit
                 if limit and last.get("time_total_s", 0) >= limit:
-                    reason = f"time limit of {limit:g} s reached after {n} evaluations (step {step})"
+                    reason = (
+                        f"time limit of {limit:g} s reached after {n} evaluations (step {step})"
+                    )
                     self._write(trial, "failed", reason)
                 else:
-                    self._write(trial, "stopped", f"stopped early by ASHA after {n} evaluations (step {step})")
+                    self._write(
+                        trial,
+                        "stopped",
+                        f"stopped early by ASHA after {n} evaluations (step {step})",
+                    )
 
         def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             n = int(getattr(trial, "num_failures", 0) or 0)
-            self._write(trial, "running", f"retrying from its last checkpoint after failure {n} "
-                        f"of at most {self.max_failures}: {_error_line(trial)}")
+            self._write(
+                trial,
+                "running",
+                f"retrying from its last checkpoint after failure {n} "
+                f"of at most {self.max_failures}: {_error_line(trial)}",
+            )
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             n = int(getattr(trial, "num_failures", 0) or 0)
@@ -447,8 +534,13 @@ def _status_callback_cls():
     return StatusRecorder
 
 
-_WORKER_DIED = ("ActorDiedError", "worker process has died", "actor died unexpectedly",
-                "ActorUnavailableError", "WorkerCrashedError")
+_WORKER_DIED = (
+    "ActorDiedError",
+    "worker process has died",
+    "actor died unexpectedly",
+    "ActorUnavailableError",
+    "WorkerCrashedError",
+)
 
 
 def _searcher_cls(base: type) -> type:
@@ -471,12 +563,14 @@ def _searcher_cls(base: type) -> type:
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass  # a resumed sweep replaying a trial whose end the study already holds
 
-        def on_trial_complete(self, trial_id: str, result: dict | None = None,
-                              error: bool = False) -> None:
+        def on_trial_complete(
+            self, trial_id: str, result: dict | None = None, error: bool = False
+        ) -> None:
             limit = getattr(self, "time_limit", None)
-            if result and (result.get("failed") or (
-                    limit and not result.get("final")
-                    and result.get("time_total_s", 0) >= limit)):
+            if result and (
+                result.get("failed")
+                or (limit and not result.get("final") and result.get("time_total_s", 0) >= limit)
+            ):
                 result, error = None, True
             super().on_trial_complete(trial_id, result=result, error=error)
 
@@ -492,8 +586,10 @@ def _error_line(trial: Any) -> str:
         text = ""
     if any(marker in text for marker in _WORKER_DIED):
         kind = re.search(r"[Ww]orker exit type: (\w+)", text)
-        return ("the trial's worker process died (killed by a signal such as SIGKILL, out of "
-                f"memory, or a crash{'; ' + kind.group(1) if kind else ''})")
+        return (
+            "the trial's worker process died (killed by a signal such as SIGKILL, out of "
+            f"memory, or a crash{'; ' + kind.group(1) if kind else ''})"
+        )
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return lines[-1][:500] if lines else "failed (no error message recorded)"
 
@@ -517,8 +613,14 @@ def _init_ray(address: str | None, num_cpus: int | None) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, dashboard_host="127.0.0.1",
-                 log_to_driver=True, configure_logging=True, logging_level="WARNING")
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            dashboard_host="127.0.0.1",
+            log_to_driver=True,
+            configure_logging=True,
+            logging_level="WARNING",
+        )
 
 
 def _build_tuner(exp: Path, space: SearchSpace, meta: dict[str, Any], restore: bool = False):
@@ -535,34 +637,55 @@ def _build_tuner(exp: Path, space: SearchSpace, meta: dict[str, Any], restore: b
     resources = {"cpu": 0.1} if workers > 1 else per  # >1: the workers hold the resources
     trainable = tune.with_resources(tune.with_parameters(_tune_trial, exp_dir=str(exp)), resources)
     if restore:
-        return tune.Tuner.restore(str(exp), trainable=trainable, resume_unfinished=True,
-                                  resume_errored=True)
+        return tune.Tuner.restore(
+            str(exp), trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
     storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(exp / JOURNAL)))
+        optuna.storages.journal.JournalFileBackend(str(exp / JOURNAL))
+    )
     searcher = _searcher_cls(OptunaSearch)(
-        space=space.define_by_run, metric=space.metric, mode=space.mode,
-        sampler=space.optuna_sampler(), storage=storage, study_name=meta["study_name"])
+        space=space.define_by_run,
+        metric=space.metric,
+        mode=space.mode,
+        sampler=space.optuna_sampler(),
+        storage=storage,
+        study_name=meta["study_name"],
+    )
     searcher.time_limit = s["time_limit_per_trial"]
     max_concurrent = s["max_concurrent"] or space.max_concurrent
     search_alg = ConcurrencyLimiter(searcher, max_concurrent) if max_concurrent else searcher
     scheduler = None
     if space.scheduler == "asha" and not space.multi_objective:
-        scheduler = ASHAScheduler(time_attr="training_iteration", metric=space.metric,
-                                  mode=space.mode, max_t=10_000,
-                                  grace_period=space.asha_grace_period,
-                                  reduction_factor=space.asha_reduction_factor)
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            metric=space.metric,
+            mode=space.mode,
+            max_t=10_000,
+            grace_period=space.asha_grace_period,
+            reduction_factor=space.asha_reduction_factor,
+        )
     stop = {"time_total_s": s["time_limit_per_trial"]} if s["time_limit_per_trial"] else None
-    recorder = _status_callback_cls()(exp, space, meta["trial_overrides"],
-                                      s["time_limit_per_trial"], s["max_failures"])
+    recorder = _status_callback_cls()(
+        exp, space, meta["trial_overrides"], s["time_limit_per_trial"], s["max_failures"]
+    )
     return tune.Tuner(
         trainable,
-        tune_config=TuneConfig(search_alg=search_alg, scheduler=scheduler,
-                               num_samples=meta["total_trials"], reuse_actors=False,
-                               trial_dirname_creator=_trial_dirname),
-        run_config=RunConfig(name=exp.name, storage_path=str(exp.parent), stop=stop,
-                             failure_config=FailureConfig(max_failures=s["max_failures"]),
-                             checkpoint_config=CheckpointConfig(num_to_keep=1),
-                             callbacks=[recorder], verbose=1),
+        tune_config=TuneConfig(
+            search_alg=search_alg,
+            scheduler=scheduler,
+            num_samples=meta["total_trials"],
+            reuse_actors=False,
+            trial_dirname_creator=_trial_dirname,
+        ),
+        run_config=RunConfig(
+            name=exp.name,
+            storage_path=str(exp.parent),
+            stop=stop,
+            failure_config=FailureConfig(max_failures=s["max_failures"]),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            callbacks=[recorder],
+            verbose=1,
+        ),
     )
 
 
@@ -578,16 +701,23 @@ def _load_warm_start(source: str, space: SearchSpace) -> list:
     src = Path(source).expanduser().resolve()
     meta_path, journal = src / EXPERIMENT_FILE, src / JOURNAL
     if not meta_path.is_file() or not journal.is_file():
-        raise ConfigError(f"--warm-start {src}: not an hpsearch experiment folder (no "
-                          f"{EXPERIMENT_FILE} or {JOURNAL}); pass a folder an earlier sweep wrote")
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
-    study = optuna.load_study(study_name=json.loads(meta_path.read_text())["study_name"],
-                              storage=storage)
+        raise ConfigError(
+            f"--warm-start {src}: not an hpsearch experiment folder (no "
+            f"{EXPERIMENT_FILE} or {JOURNAL}); pass a folder an earlier sweep wrote"
+        )
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal))
+    )
+    study = optuna.load_study(
+        study_name=json.loads(meta_path.read_text())["study_name"], storage=storage
+    )
     wanted = [d.name.lower() for d in study.directions]
     if wanted != _directions(space):
-        raise ConfigError(f"--warm-start {src}: its objectives ({', '.join(wanted)}) differ from "
-                          f"this space's ({', '.join(_directions(space))}); warm-start from a "
-                          "sweep with the same objectives")
+        raise ConfigError(
+            f"--warm-start {src}: its objectives ({', '.join(wanted)}) differ from "
+            f"this space's ({', '.join(_directions(space))}); warm-start from a "
+            "sweep with the same objectives"
+        )
     return study.get_trials(deepcopy=True, states=(optuna.trial.TrialState.COMPLETE,))
 
 
@@ -597,9 +727,11 @@ def _seed_study(exp: Path, space: SearchSpace, study_name: str, trials: list) ->
     import optuna
 
     storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(exp / JOURNAL)))
-    study = optuna.create_study(study_name=study_name, storage=storage,
-                                directions=_directions(space))
+        optuna.storages.journal.JournalFileBackend(str(exp / JOURNAL))
+    )
+    study = optuna.create_study(
+        study_name=study_name, storage=storage, directions=_directions(space)
+    )
     study.add_trials(trials)
 
 
@@ -622,20 +754,30 @@ def run_sweep(space_path: str | Path, settings: SweepSettings | None = None) -> 
     try:
         exp.mkdir()
     except FileExistsError:  # another sweep took the name since _experiment_dir looked
-        raise ConfigError(f"experiment folder {exp} was just created by someone else: pass "
-                          "another --name") from None
+        raise ConfigError(
+            f"experiment folder {exp} was just created by someone else: pass another --name"
+        ) from None
     write_text_atomic(exp / SPACE_COPY, Path(space_path).read_text())
-    meta = {"name": exp.name, "study_name": exp.name, "space": str(Path(space_path).resolve()),
-            "metric": space.metric, "mode": space.mode,
-            "objectives": [asdict(o) for o in space.objectives],
-            "total_trials": space.total_trials(), "trial_overrides": extra,
-            "settings": asdict(settings), "data_notes": notes,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "command": " ".join(shlex.quote(a) for a in sys.argv)}
+    meta = {
+        "name": exp.name,
+        "study_name": exp.name,
+        "space": str(Path(space_path).resolve()),
+        "metric": space.metric,
+        "mode": space.mode,
+        "objectives": [asdict(o) for o in space.objectives],
+        "total_trials": space.total_trials(),
+        "trial_overrides": extra,
+        "settings": asdict(settings),
+        "data_notes": notes,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join(shlex.quote(a) for a in sys.argv),
+    }
     write_json_atomic(exp / EXPERIMENT_FILE, meta)
     if earlier:
         _seed_study(exp, space, meta["study_name"], earlier)
-        print(f"warm start: {len(earlier)} finished trials of {settings.warm_start} seed the sampler")
+        print(
+            f"warm start: {len(earlier)} finished trials of {settings.warm_start} seed the sampler"
+        )
     _init_ray(settings.address, settings.num_cpus)
     tuner = _build_tuner(exp, space, meta)
     _fit(tuner, exp)
@@ -644,27 +786,37 @@ def run_sweep(space_path: str | Path, settings: SweepSettings | None = None) -> 
     return exp
 
 
-def resume_sweep(exp_dir: str | Path, address: str | None = None, num_cpus: int | None = None,
-                 report: bool = True) -> Path:
+def resume_sweep(
+    exp_dir: str | Path,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    report: bool = True,
+) -> Path:
     """Continue an interrupted experiment: finished trials stay, unfinished ones resume."""
     exp = Path(exp_dir).expanduser().resolve()
     if not (exp / EXPERIMENT_FILE).is_file():
-        raise ConfigError(f"{exp} is not an hpsearch experiment folder (no {EXPERIMENT_FILE}): "
-                          "pass the folder a sweep wrote")
+        raise ConfigError(
+            f"{exp} is not an hpsearch experiment folder (no {EXPERIMENT_FILE}): "
+            "pass the folder a sweep wrote"
+        )
     try:
         meta = json.loads((exp / EXPERIMENT_FILE).read_text())
         meta["settings"], meta["trial_overrides"]  # noqa: B018 (presence check)
     except (OSError, ValueError, KeyError, TypeError):
-        raise ConfigError(f"{exp / EXPERIMENT_FILE} is unreadable or incomplete: the experiment "
-                          "cannot be resumed; start a new sweep with another --name") from None
+        raise ConfigError(
+            f"{exp / EXPERIMENT_FILE} is unreadable or incomplete: the experiment "
+            "cannot be resumed; start a new sweep with another --name"
+        ) from None
     space = load_search_space(exp / SPACE_COPY)
     _faults.check_env()
     from ray import tune
 
     if not tune.Tuner.can_restore(str(exp)):
-        raise ConfigError(f"{exp}: Ray's experiment state is missing (the sweep stopped before its "
-                          "first trial started): start a new sweep with another --name, or "
-                          f"remove {exp} first")
+        raise ConfigError(
+            f"{exp}: Ray's experiment state is missing (the sweep stopped before its "
+            "first trial started): start a new sweep with another --name, or "
+            f"remove {exp} first"
+        )
     _init_ray(address, num_cpus)
     tuner = _build_tuner(exp, space, meta, restore=True)
     _fit(tuner, exp)
@@ -673,8 +825,10 @@ def resume_sweep(exp_dir: str | Path, address: str | None = None, num_cpus: int 
     return exp
 
 
-ABANDONED = ("abandoned: the sweep driver stopped while this trial was starting or running, "
-             "before Ray saved its state; the resumed sweep ran a new trial in its place")
+ABANDONED = (
+    "abandoned: the sweep driver stopped while this trial was starting or running, "
+    "before Ray saved its state; the resumed sweep ran a new trial in its place"
+)
 
 
 def _fit(tuner: Any, exp: Path) -> None:
@@ -686,11 +840,15 @@ def _fit(tuner: Any, exp: Path) -> None:
     known = {Path(r.path).name.removeprefix("trial_") for r in grid if r.path}
     abandoned = reconcile_after_fit(exp, known)
     if abandoned:
-        print(f"{len(abandoned)} trial(s) abandoned by a killed driver, marked failed: "
-              f"{', '.join(abandoned)}")
+        print(
+            f"{len(abandoned)} trial(s) abandoned by a killed driver, marked failed: "
+            f"{', '.join(abandoned)}"
+        )
     counts = trial_status_counts(exp)
-    print(f"sweep {exp.name}: {len(grid)} trials in {time.perf_counter() - t0:.0f} s; "
-          + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    print(
+        f"sweep {exp.name}: {len(grid)} trials in {time.perf_counter() - t0:.0f} s; "
+        + ", ".join(f"{n} {s}" for s, n in counts.items())
+    )
 
 
 def reconcile_after_fit(exp: Path, known: set[str]) -> list[str]:
@@ -718,10 +876,10 @@ def reconcile_after_fit(exp: Path, known: set[str]) -> list[str]:
 
         study_name = json.loads(meta_path.read_text())["study_name"]
         storage = optuna.storages.JournalStorage(
-            optuna.storages.journal.JournalFileBackend(str(journal)))
+            optuna.storages.journal.JournalFileBackend(str(journal))
+        )
         study = optuna.load_study(study_name=study_name, storage=storage)
-        for trial in study.get_trials(deepcopy=False,
-                                      states=(optuna.trial.TrialState.RUNNING,)):
+        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
     return abandoned
 
@@ -751,14 +909,24 @@ def _report(exp: Path) -> None:
 def settings_from_args(args: argparse.Namespace) -> SweepSettings:
     overrides = dict(parse_override(o) for o in args.overrides)
     return SweepSettings(
-        name=args.name, storage_path=args.storage_path, num_samples=args.num_samples,
-        max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=args.gpus_per_trial, workers_per_trial=args.workers_per_trial,
-        data_dir=args.data_dir, address=args.address, num_cpus=args.num_cpus,
-        max_failures=args.max_failures, time_limit_per_trial=args.time_limit_per_trial,
-        exist_ok_suffix=args.exist_ok_suffix, smoke_test=args.smoke_test,
+        name=args.name,
+        storage_path=args.storage_path,
+        num_samples=args.num_samples,
+        max_concurrent=args.max_concurrent,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+        workers_per_trial=args.workers_per_trial,
+        data_dir=args.data_dir,
+        address=args.address,
+        num_cpus=args.num_cpus,
+        max_failures=args.max_failures,
+        time_limit_per_trial=args.time_limit_per_trial,
+        exist_ok_suffix=args.exist_ok_suffix,
+        smoke_test=args.smoke_test,
         warm_start=args.warm_start,
-        report=not args.no_report, overrides=overrides)
+        report=not args.no_report,
+        overrides=overrides,
+    )
 
 
 def run_sweep_command(args: argparse.Namespace) -> int:
@@ -768,6 +936,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
 
 def run_resume_command(args: argparse.Namespace) -> int:
-    resume_sweep(args.exp_dir, address=args.address, num_cpus=args.num_cpus,
-                 report=not args.no_report)
+    resume_sweep(
+        args.exp_dir, address=args.address, num_cpus=args.num_cpus, report=not args.no_report
+    )
     return 0

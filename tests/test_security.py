@@ -64,21 +64,31 @@ def test_yaml_is_only_ever_loaded_safely():
     for path, tree in _sources():
         safe_classes = {"yaml.SafeLoader", "yaml.CSafeLoader"}
         for node in ast.walk(tree):  # this module's own SafeLoader subclasses
-            if isinstance(node, ast.ClassDef) and any(_dotted(b) in safe_classes
-                                                      for b in node.bases):
+            if isinstance(node, ast.ClassDef) and any(
+                _dotted(b) in safe_classes for b in node.bases
+            ):
                 safe_classes.add(node.name)
         for node in ast.walk(tree):
             name = _dotted(node) if isinstance(node, ast.Attribute) else ""
-            if name in ("yaml.unsafe_load", "yaml.full_load", "yaml.full_load_all",
-                        "yaml.unsafe_load_all", "yaml.Loader", "yaml.UnsafeLoader",
-                        "yaml.FullLoader", "yaml.CLoader", "yaml.CUnsafeLoader"):
+            if name in (
+                "yaml.unsafe_load",
+                "yaml.full_load",
+                "yaml.full_load_all",
+                "yaml.unsafe_load_all",
+                "yaml.Loader",
+                "yaml.UnsafeLoader",
+                "yaml.FullLoader",
+                "yaml.CLoader",
+                "yaml.CUnsafeLoader",
+            ):
                 problems.append(f"{path}:{node.lineno}: {name}")
         for call in _calls(tree):
             if _dotted(call.func) in ("yaml.load", "yaml.load_all"):
                 loader = _keyword(call, "Loader") or (call.args[1] if len(call.args) > 1 else None)
                 if loader is None or _dotted(loader) not in safe_classes:
-                    problems.append(f"{path}:{call.lineno}: {_dotted(call.func)} without a "
-                                    "SafeLoader")
+                    problems.append(
+                        f"{path}:{call.lineno}: {_dotted(call.func)} without a SafeLoader"
+                    )
     assert problems == []
 
 
@@ -90,8 +100,14 @@ def test_torch_load_is_always_weights_only():
                 flag = _keyword(call, "weights_only")
                 if not (isinstance(flag, ast.Constant) and flag.value is True):
                     problems.append(f"{path}:{call.lineno}: torch.load without weights_only=True")
-            if _dotted(call.func) in ("pickle.load", "pickle.loads", "cloudpickle.load",
-                                      "cloudpickle.loads", "dill.load", "dill.loads"):
+            if _dotted(call.func) in (
+                "pickle.load",
+                "pickle.loads",
+                "cloudpickle.load",
+                "cloudpickle.loads",
+                "dill.load",
+                "dill.loads",
+            ):
                 problems.append(f"{path}:{call.lineno}: {_dotted(call.func)} runs arbitrary code")
     assert problems == []
 
@@ -102,10 +118,18 @@ def test_no_shell():
     for path, tree in _sources():
         for call in _calls(tree):
             shell = _keyword(call, "shell")
-            if shell is not None and not (isinstance(shell, ast.Constant) and shell.value is False):
+            if shell is not None and not (
+                isinstance(shell, ast.Constant) and shell.value is False
+            ):
                 problems.append(f"{path}:{call.lineno}: shell={ast.unparse(shell)}")
-            if _dotted(call.func) in ("os.system", "os.popen", "subprocess.getoutput",
-                                      "subprocess.getstatusoutput", "os.execl", "os.execlp"):
+            if _dotted(call.func) in (
+                "os.system",
+                "os.popen",
+                "subprocess.getoutput",
+                "subprocess.getstatusoutput",
+                "os.execl",
+                "os.execlp",
+            ):
                 problems.append(f"{path}:{call.lineno}: {_dotted(call.func)}")
     assert problems == []
 
@@ -126,8 +150,10 @@ def test_deepspeed_checkpoints_are_read_weights_only(tmp_path):
     from trainables.minbert.config import load_trial_config
     from trainables.minbert.train import CHECKPOINT_MANIFEST, MultitaskTrainer, train_trial
 
-    cfg = load_trial_config(REPO / "trainables" / "configs" / "tiny.yaml",
-                            ["train.max_steps=2", "train.evals_per_epoch=1"])
+    cfg = load_trial_config(
+        REPO / "trainables" / "configs" / "tiny.yaml",
+        ["train.max_steps=2", "train.evals_per_epoch=1"],
+    )
     run = tmp_path / "run"
     train_trial(cfg, run)
     ckpt = next((run / "checkpoints").glob("step-*"))
@@ -163,8 +189,11 @@ def _listening(pid: int) -> list[tuple[str, int]]:
     found = []
     for p in [proc, *proc.children(recursive=True)]:
         try:
-            found += [(c.laddr.ip, c.laddr.port) for c in p.net_connections(kind="inet")
-                      if c.status == psutil.CONN_LISTEN]
+            found += [
+                (c.laddr.ip, c.laddr.port)
+                for c in p.net_connections(kind="inet")
+                if c.status == psutil.CONN_LISTEN
+            ]
         except psutil.Error:
             pass
     return found
@@ -208,8 +237,14 @@ def test_local_ray_dashboard_is_off_and_bound_to_loopback(tmp_path):
     ray_tmp = tempfile.mkdtemp(prefix="hps-ray-")  # short: Ray's socket paths must fit 107 bytes
     env = {**_child_env(), "RAY_TMPDIR": ray_tmp}
     try:
-        proc = subprocess.run([sys.executable, "-c", _RAY_PROBE], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-c", _RAY_PROBE],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -244,9 +279,23 @@ def test_data_download_is_verified_by_checksum(tmp_path):
     dest = tmp_path / "dest"
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "hpsearch.cli", "data", "download", "--dest", str(dest),
-             "--base-url", f"http://127.0.0.1:{server.server_address[1]}/data/"],
-            cwd=tmp_path, env=_child_env(), capture_output=True, text=True, timeout=120)
+            [
+                sys.executable,
+                "-m",
+                "hpsearch.cli",
+                "data",
+                "download",
+                "--dest",
+                str(dest),
+                "--base-url",
+                f"http://127.0.0.1:{server.server_address[1]}/data/",
+            ],
+            cwd=tmp_path,
+            env=_child_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     finally:
         server.shutdown()
         server.server_close()

@@ -18,10 +18,26 @@ import torch
 from trainables.minbert.data import TASKS, batch_indices, padding_share
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_throughput.py"
-TINY = ["--checkpoint", "random", "--max-length", "32", "--batch-size", "8", "--threads", "1",
-        "--set", "model.hidden_size=32", "--set", "model.num_layers=2",
-        "--set", "model.num_heads=2", "--set", "model.intermediate_size=64",
-        "--set", "data.max_train_examples=64"]
+TINY = [
+    "--checkpoint",
+    "random",
+    "--max-length",
+    "32",
+    "--batch-size",
+    "8",
+    "--threads",
+    "1",
+    "--set",
+    "model.hidden_size=32",
+    "--set",
+    "model.num_layers=2",
+    "--set",
+    "model.num_heads=2",
+    "--set",
+    "model.intermediate_size=64",
+    "--set",
+    "data.max_train_examples=64",
+]
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +64,14 @@ def test_starter_batches_hold_the_cached_tokens(bench, setup):
     _, cfg, tokenizer, encoder, data, _ = setup
     raw = {t: bench.load_raw_train(data, t, cfg) for t in TASKS}
     model = bench.MultitaskBert(encoder, 0.1)
-    pipe = bench.StarterPipeline(model, raw, {t: data.train[t].sort_keys for t in TASKS},
-                                 tokenizer, cfg, {t: 1 for t in TASKS})
+    pipe = bench.StarterPipeline(
+        model,
+        raw,
+        {t: data.train[t].sort_keys for t in TASKS},
+        tokenizer,
+        cfg,
+        {t: 1 for t in TASKS},
+    )
     for task in TASKS:
         assert raw[task].ids == data.train[task].ids
         idx = [5, 0, 17, 3]
@@ -67,16 +89,22 @@ def test_starter_batches_hold_the_cached_tokens(bench, setup):
 def test_starter_batches_are_unsorted_passes(bench, setup):
     _, cfg, tokenizer, encoder, data, _ = setup
     raw = {t: bench.load_raw_train(data, t, cfg) for t in TASKS}
-    pipe = bench.StarterPipeline(bench.MultitaskBert(encoder, 0.1), raw,
-                                 {t: data.train[t].sort_keys for t in TASKS}, tokenizer, cfg,
-                                 {t: 7 for t in TASKS})
+    pipe = bench.StarterPipeline(
+        bench.MultitaskBert(encoder, 0.1),
+        raw,
+        {t: data.train[t].sort_keys for t in TASKS},
+        tokenizer,
+        cfg,
+        {t: 7 for t in TASKS},
+    )
     split = data.train["sst"]
     n_batches = split.num_batches(cfg.train.batch_size)
     first_pass = [next(pipe._iters["sst"]) for _ in range(n_batches)]
     assert sorted(i for b in first_pass for i in b) == list(range(len(split)))
     gen = torch.Generator().manual_seed(7)
-    assert first_pass == batch_indices(split.sort_keys, cfg.train.batch_size, True, gen,
-                                       bucket=False)
+    assert first_pass == batch_indices(
+        split.sort_keys, cfg.train.batch_size, True, gen, bucket=False
+    )
 
 
 def test_pass_padding_counts_as_padding_share(bench, setup):
@@ -96,8 +124,14 @@ def test_pass_padding_counts_as_padding_share(bench, setup):
 def test_pair_floor_and_positions_by_hand(bench):
     from trainables.minbert.data import EncodedSplit
 
-    split = EncodedSplit("sts", "train", ["a", "b"], torch.tensor([1.0, 2.0]),
-                         tokens_a=[[1, 2, 3], [1, 2]], tokens_b=[[1], [1, 2, 3, 4]])
+    split = EncodedSplit(
+        "sts",
+        "train",
+        ["a", "b"],
+        torch.tensor([1.0, 2.0]),
+        tokens_a=[[1, 2, 3], [1, 2]],
+        tokens_b=[[1], [1, 2, 3, 4]],
+    )
     # pair 1: 3 vs 1 -> 2 padded of 6; pair 2: 2 vs 4 -> 2 padded of 8
     assert bench.pair_floor(split) == pytest.approx(4 / 14)
     mask_a = torch.tensor([[1, 1, 1], [1, 1, 0]])
@@ -110,8 +144,21 @@ def test_pair_floor_and_positions_by_hand(bench):
 def test_end_to_end_report_and_json(bench, setup, tmp_path, capsys):
     *_, cache = setup
     out = tmp_path / "bench.json"
-    result = bench.main([*TINY, "--set", f"data.cache_dir={cache}", "--steps", "3",
-                         "--block", "2", "--warmup", "1", "--json", str(out)])
+    result = bench.main(
+        [
+            *TINY,
+            "--set",
+            f"data.cache_dir={cache}",
+            "--steps",
+            "3",
+            "--block",
+            "2",
+            "--warmup",
+            "1",
+            "--json",
+            str(out),
+        ]
+    )
     printed = capsys.readouterr().out
     assert "ratio B/A" in printed and printed.rstrip().splitlines()[-1].startswith("summary:")
     saved = json.loads(out.read_text())
@@ -124,7 +171,8 @@ def test_end_to_end_report_and_json(bench, setup, tmp_path, capsys):
         assert p["median_examples_per_s"] > 0 and p["aggregate_examples_per_s"] > 0
         assert 0.0 <= p["computed_pad_share"] < 1.0
     assert saved["ratio_b_over_a"] == pytest.approx(
-        b["median_examples_per_s"] / a["median_examples_per_s"])
+        b["median_examples_per_s"] / a["median_examples_per_s"]
+    )
     pad = saved["padding"]
     for task in TASKS:
         assert 0.0 <= pad[task]["B"] <= pad[task]["A"] < 1.0  # bucketing never pads more here

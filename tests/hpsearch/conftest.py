@@ -15,25 +15,38 @@ REPO = Path(__file__).resolve().parents[2]
 
 def hpsearch_env(tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({
-        "RAY_AUTH_MODE": "disabled",
-        "HF_HUB_OFFLINE": "1",
-        "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
-        "RAY_DEDUP_LOGS": "0",
-        "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "0",
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "RAY_AUTH_MODE": "disabled",
+            "HF_HUB_OFFLINE": "1",
+            "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+            "RAY_DEDUP_LOGS": "0",
+            "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "0",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     return env
 
 
-def run_cli(args: list[str], tmp_path: Path, timeout: float = 600, check: bool = True,
-            ) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "hpsearch.cli", *args], cwd=REPO,
-                          env=hpsearch_env(tmp_path), capture_output=True, text=True,
-                          timeout=timeout)
+def run_cli(
+    args: list[str],
+    tmp_path: Path,
+    timeout: float = 600,
+    check: bool = True,
+) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpsearch.cli", *args],
+        cwd=REPO,
+        env=hpsearch_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"hpsearch {' '.join(args)} exited {proc.returncode}:\n"
-                             f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"hpsearch {' '.join(args)} exited {proc.returncode}:\n"
+            f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 
@@ -50,6 +63,7 @@ def records():
 def cli(tmp_path):
     def _run(*args: str, **kw):
         return run_cli(list(args), tmp_path, **kw)
+
     return _run
 
 

@@ -40,8 +40,12 @@ class Case:
 
 
 # ---------------------------------------------------------------------------- input builders
-def _space(root: Path, mutate: Callable[[dict], None] | None = None, text: str | None = None,
-           name: str = "space.yaml") -> Path:
+def _space(
+    root: Path,
+    mutate: Callable[[dict], None] | None = None,
+    text: str | None = None,
+    name: str = "space.yaml",
+) -> Path:
     path = root / "inputs" / name
     path.parent.mkdir(parents=True, exist_ok=True)
     if text is None:
@@ -55,8 +59,16 @@ def _space(root: Path, mutate: Callable[[dict], None] | None = None, text: str |
 
 def _sweep(*extra: str, space: str = "space.yaml") -> Callable[[Path], list[str]]:
     def args(root: Path) -> list[str]:
-        return ["sweep", str(root / "inputs" / space), "--storage-path", str(root / "store"),
-                "--num-cpus", "2", *extra]
+        return [
+            "sweep",
+            str(root / "inputs" / space),
+            "--storage-path",
+            str(root / "store"),
+            "--num-cpus",
+            "2",
+            *extra,
+        ]
+
     return args
 
 
@@ -74,11 +86,13 @@ def _search(key: str, value) -> Callable[[dict], None]:
 
 def _data(edit: Callable[[Path], None]) -> Callable[[Path], None]:
     """The smoke space plus a copy of the synthetic data set, broken by `edit`."""
+
     def setup(root: Path) -> None:
         _space(root)
         data = root / "inputs" / "data"
         shutil.copytree(_SYNTH_DIR, data)
         edit(data)
+
     return setup
 
 
@@ -86,16 +100,19 @@ def _rewrite(name: str, change: Callable[[list[str]], list[str]]) -> Callable[[P
     def edit(data: Path) -> None:
         lines = (data / name).read_text().splitlines()
         (data / name).write_text("\n".join(change(lines)) + "\n")
+
     return edit
 
 
 def _ckpt(edit: Callable[[Path], None]) -> Callable[[Path], None]:
     """The smoke space plus a copy of a tiny exported BERT folder, broken by `edit`."""
+
     def setup(root: Path) -> None:
         _space(root)
         folder = root / "inputs" / "bert"
         shutil.copytree(_BERT_DIR, folder)
         edit(folder)
+
     return setup
 
 
@@ -105,6 +122,7 @@ def _truncate(path: Path) -> None:
 
 def _run_dir(with_checkpoint: bool) -> Callable[[Path], None]:
     """A run folder of `hpsearch train`: no checkpoint, or one never sealed by a manifest."""
+
     def setup(root: Path) -> None:
         run = root / "inputs" / "run"
         (run / "checkpoints").mkdir(parents=True)
@@ -113,6 +131,7 @@ def _run_dir(with_checkpoint: bool) -> Callable[[Path], None]:
             step = run / "checkpoints" / "step-00000004"
             step.mkdir()
             (step / "trainer_state.pt").write_bytes(b"\x80\x02half a pickle")
+
     return setup
 
 
@@ -127,6 +146,7 @@ def _cluster(mutate: Callable[[dict], None] | None = None, text: str | None = No
         if mutate:
             mutate(doc)
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
     return setup
 
 
@@ -137,6 +157,7 @@ def _exp_dir(experiment_json: str | None) -> Callable[[Path], None]:
         if experiment_json is not None:
             (exp / "experiment.json").write_text(experiment_json)
             (exp / "search_space.yaml").write_text(SMOKE.read_text())
+
     return setup
 
 
@@ -152,139 +173,345 @@ _BERT_DIR: Path = Path()
 CASES = [
     # -- search-space files -------------------------------------------------------------
     Case("space: file missing", _sweep(space="absent.yaml"), r"absent\.yaml does not exist"),
-    Case("space: YAML syntax", _sweep(), r"space\.yaml: invalid YAML at line \d+",
-         _with_space(text="name: broken\nbase: {model.hidden_size: 32\nsearch: {}\n")),
-    Case("space: top level not a mapping", _sweep(), r"top level must be a mapping",
-         _with_space(text="- train.lr\n- model.dropout\n")),
-    Case("space: unknown top-level key", _sweep(), r"parameterz",
-         _with_space(lambda d: d.__setitem__("parameterz", {}))),
-    Case("space: unknown config key", _sweep(), r"train\.lrr.*did you mean 'train\.lr'",
-         _with_space(_param("train.lrr", {"type": "float", "low": 1e-4, "high": 1e-2}))),
-    Case("space: unknown extension toggle", _sweep(), r"extensions\.gradnorm",
-         _with_space(_param("extensions.gradnorm", {"type": "categorical",
-                                                    "choices": [False, True]}))),
-    Case("space: range low above high", _sweep(), r"train\.lr",
-         _with_space(_param("train.lr", {"type": "float", "low": 1e-2, "high": 1e-4}))),
-    Case("space: log range from zero", _sweep(), r"train\.lr",
-         _with_space(_param("train.lr", {"type": "float", "low": 0.0, "high": 1e-2,
-                                         "log": True}))),
-    Case("space: condition points nowhere", _sweep(), r"extensions\.pcgrad",
-         _with_space(_param("extensions.sequential_sts_epochs",
-                            {"type": "int", "low": 1, "high": 2,
-                             "when": {"extensions.pcgrad_typo": True}}))),
-    Case("space: unknown sampler", _sweep(), r"search\.sampler.*unknown sampler 'tpee'",
-         _with_space(_search("sampler", "tpee"))),
-    Case("space: searching on the test split", _sweep(), r"test_overall.*dev_overall",
-         _with_space(_search("metric", "test_overall"))),
-    Case("space: num_samples 0", _sweep(), r"search\.num_samples",
-         _with_space(_search("num_samples", 0))),
-    Case("space: key given twice", _sweep(), r"appears twice",
-         _with_space(text=SMOKE.read_text().replace("  sampler: tpe\n",
-                                                    "  sampler: tpe\n  sampler: random\n"))),
-    Case("space: grid over a float range", _sweep(), r"grid cannot enumerate",
-         _with_space(_search("sampler", "grid"))),
+    Case(
+        "space: YAML syntax",
+        _sweep(),
+        r"space\.yaml: invalid YAML at line \d+",
+        _with_space(text="name: broken\nbase: {model.hidden_size: 32\nsearch: {}\n"),
+    ),
+    Case(
+        "space: top level not a mapping",
+        _sweep(),
+        r"top level must be a mapping",
+        _with_space(text="- train.lr\n- model.dropout\n"),
+    ),
+    Case(
+        "space: unknown top-level key",
+        _sweep(),
+        r"parameterz",
+        _with_space(lambda d: d.__setitem__("parameterz", {})),
+    ),
+    Case(
+        "space: unknown config key",
+        _sweep(),
+        r"train\.lrr.*did you mean 'train\.lr'",
+        _with_space(_param("train.lrr", {"type": "float", "low": 1e-4, "high": 1e-2})),
+    ),
+    Case(
+        "space: unknown extension toggle",
+        _sweep(),
+        r"extensions\.gradnorm",
+        _with_space(
+            _param("extensions.gradnorm", {"type": "categorical", "choices": [False, True]})
+        ),
+    ),
+    Case(
+        "space: range low above high",
+        _sweep(),
+        r"train\.lr",
+        _with_space(_param("train.lr", {"type": "float", "low": 1e-2, "high": 1e-4})),
+    ),
+    Case(
+        "space: log range from zero",
+        _sweep(),
+        r"train\.lr",
+        _with_space(_param("train.lr", {"type": "float", "low": 0.0, "high": 1e-2, "log": True})),
+    ),
+    Case(
+        "space: condition points nowhere",
+        _sweep(),
+        r"extensions\.pcgrad",
+        _with_space(
+            _param(
+                "extensions.sequential_sts_epochs",
+                {"type": "int", "low": 1, "high": 2, "when": {"extensions.pcgrad_typo": True}},
+            )
+        ),
+    ),
+    Case(
+        "space: unknown sampler",
+        _sweep(),
+        r"search\.sampler.*unknown sampler 'tpee'",
+        _with_space(_search("sampler", "tpee")),
+    ),
+    Case(
+        "space: searching on the test split",
+        _sweep(),
+        r"test_overall.*dev_overall",
+        _with_space(_search("metric", "test_overall")),
+    ),
+    Case(
+        "space: num_samples 0",
+        _sweep(),
+        r"search\.num_samples",
+        _with_space(_search("num_samples", 0)),
+    ),
+    Case(
+        "space: key given twice",
+        _sweep(),
+        r"appears twice",
+        _with_space(
+            text=SMOKE.read_text().replace(
+                "  sampler: tpe\n", "  sampler: tpe\n  sampler: random\n"
+            )
+        ),
+    ),
+    Case(
+        "space: grid over a float range",
+        _sweep(),
+        r"grid cannot enumerate",
+        _with_space(_search("sampler", "grid")),
+    ),
     # -- configuration overrides ------------------------------------------------------
-    Case("override: unknown key", _sweep("train.lrr=1e-3"), r"train\.lrr.*did you mean",
-         _with_space()),
-    Case("override: out of range", _sweep("train.weight_decay=-1"), r"train\.weight_decay",
-         _with_space()),
-    Case("override: not key=value", _sweep("train.lr"), r"override 'train\.lr' is not of the form",
-         _with_space()),
-    Case("override: wrong type", _sweep("train.batch_size=many"), r"train\.batch_size",
-         _with_space()),
-    Case("override: incompatible settings",
-         _sweep("extensions.pcgrad=true", "train.deepspeed.zero_stage=3"), r"ZeRO-3",
-         _with_space()),
-    Case("override: train, unknown section", lambda r: ["train", str(TINY), "trainer.lr=1",
-                                                        "--out", str(r / "out")],
-         r"trainer\.lr"),
+    Case(
+        "override: unknown key",
+        _sweep("train.lrr=1e-3"),
+        r"train\.lrr.*did you mean",
+        _with_space(),
+    ),
+    Case(
+        "override: out of range",
+        _sweep("train.weight_decay=-1"),
+        r"train\.weight_decay",
+        _with_space(),
+    ),
+    Case(
+        "override: not key=value",
+        _sweep("train.lr"),
+        r"override 'train\.lr' is not of the form",
+        _with_space(),
+    ),
+    Case(
+        "override: wrong type",
+        _sweep("train.batch_size=many"),
+        r"train\.batch_size",
+        _with_space(),
+    ),
+    Case(
+        "override: incompatible settings",
+        _sweep("extensions.pcgrad=true", "train.deepspeed.zero_stage=3"),
+        r"ZeRO-3",
+        _with_space(),
+    ),
+    Case(
+        "override: train, unknown section",
+        lambda r: ["train", str(TINY), "trainer.lr=1", "--out", str(r / "out")],
+        r"trainer\.lr",
+    ),
     # -- command-line options ----------------------------------------------------------
-    Case("option: unknown flag", _sweep("--max-trials", "3"), r"unrecognized arguments: --max-trials",
-         _with_space()),
-    Case("option: --num-samples 0", _sweep("--num-samples", "0"), r"--num-samples.*>= 1",
-         _with_space()),
-    Case("option: --max-failures -1", _sweep("--max-failures", "-1"), r"--max-failures.*>= 0",
-         _with_space()),
-    Case("option: --time-limit-per-trial 0", _sweep("--time-limit-per-trial", "0"),
-         r"--time-limit-per-trial.*> 0", _with_space()),
-    Case("option: trial larger than the machine", _sweep("--cpus-per-trial", "8"),
-         r"needs 8 CPUs .* local Ray has 2", _with_space()),
-    pytest.param(Case("option: GPUs on a machine without one", _sweep("--gpus-per-trial", "1"),
-                      r"--gpus-per-trial 1 but this machine has 0 GPU", _with_space()),
-                 marks=pytest.mark.skipif("not _no_gpu()", reason="this machine has a GPU")),
-    Case("option: experiment name with a slash", _sweep("--name", "a/b"),
-         r"'a/b' is not a plain folder name", _with_space()),
-    Case("option: malformed --address", _sweep("--address", "head node"),
-         r"--address 'head node' is not a Ray address", _with_space()),
-    Case("option: TensorBoard on a public address",
-         lambda r: ["tensorboard", str(r / "inputs" / "exp"), "--host", "0.0.0.0"],
-         r"not a loopback address", _exp_dir(None)),
-    Case("option: malformed HPSEARCH_FAULT hook", _sweep(), r"HPSEARCH_FAULT: unknown fault",
-         _with_space(), env={"HPSEARCH_FAULT": "explode:1"}),
+    Case(
+        "option: unknown flag",
+        _sweep("--max-trials", "3"),
+        r"unrecognized arguments: --max-trials",
+        _with_space(),
+    ),
+    Case(
+        "option: --num-samples 0",
+        _sweep("--num-samples", "0"),
+        r"--num-samples.*>= 1",
+        _with_space(),
+    ),
+    Case(
+        "option: --max-failures -1",
+        _sweep("--max-failures", "-1"),
+        r"--max-failures.*>= 0",
+        _with_space(),
+    ),
+    Case(
+        "option: --time-limit-per-trial 0",
+        _sweep("--time-limit-per-trial", "0"),
+        r"--time-limit-per-trial.*> 0",
+        _with_space(),
+    ),
+    Case(
+        "option: trial larger than the machine",
+        _sweep("--cpus-per-trial", "8"),
+        r"needs 8 CPUs .* local Ray has 2",
+        _with_space(),
+    ),
+    pytest.param(
+        Case(
+            "option: GPUs on a machine without one",
+            _sweep("--gpus-per-trial", "1"),
+            r"--gpus-per-trial 1 but this machine has 0 GPU",
+            _with_space(),
+        ),
+        marks=pytest.mark.skipif("not _no_gpu()", reason="this machine has a GPU"),
+    ),
+    Case(
+        "option: experiment name with a slash",
+        _sweep("--name", "a/b"),
+        r"'a/b' is not a plain folder name",
+        _with_space(),
+    ),
+    Case(
+        "option: malformed --address",
+        _sweep("--address", "head node"),
+        r"--address 'head node' is not a Ray address",
+        _with_space(),
+    ),
+    Case(
+        "option: TensorBoard on a public address",
+        lambda r: ["tensorboard", str(r / "inputs" / "exp"), "--host", "0.0.0.0"],
+        r"not a loopback address",
+        _exp_dir(None),
+    ),
+    Case(
+        "option: malformed HPSEARCH_FAULT hook",
+        _sweep(),
+        r"HPSEARCH_FAULT: unknown fault",
+        _with_space(),
+        env={"HPSEARCH_FAULT": "explode:1"},
+    ),
     # -- data folders -----------------------------------------------------------------
-    Case("data: folder missing", _sweep("--data-dir", "/nonexistent/cs224n"),
-         r"--data-dir /nonexistent/cs224n does not exist", _with_space()),
-    Case("data: a file missing", lambda r: _sweep("--data-dir", str(r / "inputs/data"))(r),
-         r"has no sts-train\.csv", _data(lambda d: (d / "sts-train.csv").unlink())),
-    Case("data: wrong columns", lambda r: _sweep("--data-dir", str(r / "inputs/data"))(r),
-         r"ids-sst-train\.csv: missing column\(s\) sentiment",
-         _data(_rewrite("ids-sst-train.csv",
-                        lambda ls: [ls[0].replace("sentiment", "label"), *ls[1:]]))),
-    Case("data: labels out of range", lambda r: _sweep("--data-dir", str(r / "inputs/data"))(r),
-         r"quora-dev\.csv has no usable rows \(.*\d+ label out of range\)",
-         _data(_rewrite("quora-dev.csv",
-                        lambda ls: [ls[0], *(re.sub(r"\t[01](\.0)?$", "\t7", x)
-                                             for x in ls[1:])]))),
-    Case("data: empty file", lambda r: _sweep("--data-dir", str(r / "inputs/data"))(r),
-         r"sts-dev\.csv is empty", _data(lambda d: (d / "sts-dev.csv").write_text(""))),
-    Case("data: not UTF-8", lambda r: _sweep("--data-dir", str(r / "inputs/data"))(r),
-         r"ids-sst-dev\.csv is not UTF-8",
-         _data(lambda d: (d / "ids-sst-dev.csv").write_bytes(
-             (d / "ids-sst-dev.csv").read_bytes() + b"\t99\tcaf\xe9 \xff\t2\n"))),
-    Case("data: train command, bad folder", lambda r: ["train", str(TINY), "--data-dir",
-                                                       str(r / "inputs/data"), "--out",
-                                                       str(r / "out")],
-         r"has no ids-sst-train\.csv", _data(lambda d: (d / "ids-sst-train.csv").unlink())),
+    Case(
+        "data: folder missing",
+        _sweep("--data-dir", "/nonexistent/cs224n"),
+        r"--data-dir /nonexistent/cs224n does not exist",
+        _with_space(),
+    ),
+    Case(
+        "data: a file missing",
+        lambda r: _sweep("--data-dir", str(r / "inputs/data"))(r),
+        r"has no sts-train\.csv",
+        _data(lambda d: (d / "sts-train.csv").unlink()),
+    ),
+    Case(
+        "data: wrong columns",
+        lambda r: _sweep("--data-dir", str(r / "inputs/data"))(r),
+        r"ids-sst-train\.csv: missing column\(s\) sentiment",
+        _data(
+            _rewrite(
+                "ids-sst-train.csv", lambda ls: [ls[0].replace("sentiment", "label"), *ls[1:]]
+            )
+        ),
+    ),
+    Case(
+        "data: labels out of range",
+        lambda r: _sweep("--data-dir", str(r / "inputs/data"))(r),
+        r"quora-dev\.csv has no usable rows \(.*\d+ label out of range\)",
+        _data(
+            _rewrite(
+                "quora-dev.csv",
+                lambda ls: [ls[0], *(re.sub(r"\t[01](\.0)?$", "\t7", x) for x in ls[1:])],
+            )
+        ),
+    ),
+    Case(
+        "data: empty file",
+        lambda r: _sweep("--data-dir", str(r / "inputs/data"))(r),
+        r"sts-dev\.csv is empty",
+        _data(lambda d: (d / "sts-dev.csv").write_text("")),
+    ),
+    Case(
+        "data: not UTF-8",
+        lambda r: _sweep("--data-dir", str(r / "inputs/data"))(r),
+        r"ids-sst-dev\.csv is not UTF-8",
+        _data(
+            lambda d: (d / "ids-sst-dev.csv").write_bytes(
+                (d / "ids-sst-dev.csv").read_bytes() + b"\t99\tcaf\xe9 \xff\t2\n"
+            )
+        ),
+    ),
+    Case(
+        "data: train command, bad folder",
+        lambda r: [
+            "train",
+            str(TINY),
+            "--data-dir",
+            str(r / "inputs/data"),
+            "--out",
+            str(r / "out"),
+        ],
+        r"has no ids-sst-train\.csv",
+        _data(lambda d: (d / "ids-sst-train.csv").unlink()),
+    ),
     # -- checkpoint folders -------------------------------------------------------------
-    Case("checkpoint: folder missing", _sweep("model.checkpoint=/nonexistent/bert"),
-         r"checkpoint folder /nonexistent/bert does not exist", _with_space()),
-    Case("checkpoint: no weights file", lambda r: _sweep(f"model.checkpoint={r}/inputs/bert")(r),
-         r"has no model\.safetensors or pytorch_model\.bin",
-         _ckpt(lambda f: (f / "model.safetensors").unlink())),
-    Case("checkpoint: truncated weights", lambda r: _sweep(f"model.checkpoint={r}/inputs/bert")(r),
-         r"model\.safetensors is corrupt or truncated",
-         _ckpt(lambda f: _truncate(f / "model.safetensors"))),
-    Case("checkpoint: malformed config.json",
-         lambda r: ["train", str(TINY), f"model.checkpoint={r}/inputs/bert", "--out",
-                    str(r / "out")],
-         r"config\.json", _ckpt(lambda f: (f / "config.json").write_text("{\"hidden_size\": "))),
-    Case("checkpoint: --resume without a checkpoint",
-         lambda r: ["train", str(TINY), "--resume", "--out", str(r / "inputs/run")],
-         r"no checkpoint found in .*run", _run_dir(with_checkpoint=False)),
-    Case("checkpoint: --resume from a checkpoint never sealed",
-         lambda r: ["train", str(TINY), "--resume", "--out", str(r / "inputs/run")],
-         r"no intact checkpoint .*manifest missing", _run_dir(with_checkpoint=True)),
+    Case(
+        "checkpoint: folder missing",
+        _sweep("model.checkpoint=/nonexistent/bert"),
+        r"checkpoint folder /nonexistent/bert does not exist",
+        _with_space(),
+    ),
+    Case(
+        "checkpoint: no weights file",
+        lambda r: _sweep(f"model.checkpoint={r}/inputs/bert")(r),
+        r"has no model\.safetensors or pytorch_model\.bin",
+        _ckpt(lambda f: (f / "model.safetensors").unlink()),
+    ),
+    Case(
+        "checkpoint: truncated weights",
+        lambda r: _sweep(f"model.checkpoint={r}/inputs/bert")(r),
+        r"model\.safetensors is corrupt or truncated",
+        _ckpt(lambda f: _truncate(f / "model.safetensors")),
+    ),
+    Case(
+        "checkpoint: malformed config.json",
+        lambda r: [
+            "train",
+            str(TINY),
+            f"model.checkpoint={r}/inputs/bert",
+            "--out",
+            str(r / "out"),
+        ],
+        r"config\.json",
+        _ckpt(lambda f: (f / "config.json").write_text('{"hidden_size": ')),
+    ),
+    Case(
+        "checkpoint: --resume without a checkpoint",
+        lambda r: ["train", str(TINY), "--resume", "--out", str(r / "inputs/run")],
+        r"no checkpoint found in .*run",
+        _run_dir(with_checkpoint=False),
+    ),
+    Case(
+        "checkpoint: --resume from a checkpoint never sealed",
+        lambda r: ["train", str(TINY), "--resume", "--out", str(r / "inputs/run")],
+        r"no intact checkpoint .*manifest missing",
+        _run_dir(with_checkpoint=True),
+    ),
     # -- experiment folders -------------------------------------------------------------
-    Case("experiment: resume a folder that is not one",
-         lambda r: ["resume", str(r / "inputs/exp")], r"not an hpsearch experiment folder",
-         _exp_dir(None)),
-    Case("experiment: resume with experiment.json cut short",
-         lambda r: ["resume", str(r / "inputs/exp")], r"experiment\.json is unreadable",
-         _exp_dir('{"name": "smoke", "settings": {')),
-    Case("experiment: report on a folder that is not one",
-         lambda r: ["report", str(r / "inputs/exp")], r"is not an experiment folder",
-         _exp_dir(None)),
+    Case(
+        "experiment: resume a folder that is not one",
+        lambda r: ["resume", str(r / "inputs/exp")],
+        r"not an hpsearch experiment folder",
+        _exp_dir(None),
+    ),
+    Case(
+        "experiment: resume with experiment.json cut short",
+        lambda r: ["resume", str(r / "inputs/exp")],
+        r"experiment\.json is unreadable",
+        _exp_dir('{"name": "smoke", "settings": {'),
+    ),
+    Case(
+        "experiment: report on a folder that is not one",
+        lambda r: ["report", str(r / "inputs/exp")],
+        r"is not an experiment folder",
+        _exp_dir(None),
+    ),
     # -- cluster files -------------------------------------------------------------------
-    Case("cluster: file missing", lambda r: ["check-cluster", str(r / "inputs/none.yaml")],
-         r"none\.yaml"),
-    Case("cluster: YAML syntax", lambda r: ["check-cluster", str(r / "inputs/cluster.yaml")],
-         r"cluster\.yaml", _cluster(text="cluster_name: x\nprovider: [aws\n")),
-    Case("cluster: unknown top-level key",
-         lambda r: ["check-cluster", str(r / "inputs/cluster.yaml")], r"max_wrokers",
-         _cluster(lambda d: d.__setitem__("max_wrokers", 3))),
-    Case("cluster: head node type that is not declared",
-         lambda r: ["check-cluster", str(r / "inputs/cluster.yaml")], r"head_node_type",
-         _cluster(lambda d: d.__setitem__("head_node_type", "gpu_head"))),
+    Case(
+        "cluster: file missing",
+        lambda r: ["check-cluster", str(r / "inputs/none.yaml")],
+        r"none\.yaml",
+    ),
+    Case(
+        "cluster: YAML syntax",
+        lambda r: ["check-cluster", str(r / "inputs/cluster.yaml")],
+        r"cluster\.yaml",
+        _cluster(text="cluster_name: x\nprovider: [aws\n"),
+    ),
+    Case(
+        "cluster: unknown top-level key",
+        lambda r: ["check-cluster", str(r / "inputs/cluster.yaml")],
+        r"max_wrokers",
+        _cluster(lambda d: d.__setitem__("max_wrokers", 3)),
+    ),
+    Case(
+        "cluster: head node type that is not declared",
+        lambda r: ["check-cluster", str(r / "inputs/cluster.yaml")],
+        r"head_node_type",
+        _cluster(lambda d: d.__setitem__("head_node_type", "gpu_head")),
+    ),
 ]
 
 
@@ -300,8 +527,9 @@ def _shared_inputs(tmp_path_factory):
     _SYNTH_DIR = root / "synthetic"
     write_synthetic_dataset(_SYNTH_DIR, seed=0)
     vocab = minilm_dir() / "vocab.txt"
-    model = BertModel.from_config(BertConfig(hidden_size=32, num_layers=1, num_heads=2,
-                                             intermediate_size=64), seed=0)
+    model = BertModel.from_config(
+        BertConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), seed=0
+    )
     _BERT_DIR = save_pretrained(model, root / "bert", vocab)
 
 
@@ -317,10 +545,22 @@ def test_bad_input_is_refused_in_one_line(case: Case, tmp_path: Path) -> None:
     before = _listing(tmp_path)
     ray_tmp = tmp_path.parent / f"{tmp_path.name}-ray"
     env = {k: v for k, v in os.environ.items() if k != "HPSEARCH_FAULT"}
-    env.update({"RAY_TMPDIR": str(ray_tmp), "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1",
-                **case.env})
-    proc = subprocess.run([sys.executable, "-m", "hpsearch.cli", *case.args(tmp_path)],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    env.update(
+        {
+            "RAY_TMPDIR": str(ray_tmp),
+            "RAY_AUTH_MODE": "disabled",
+            "HF_HUB_OFFLINE": "1",
+            **case.env,
+        }
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpsearch.cli", *case.args(tmp_path)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     err = proc.stderr
     assert proc.returncode == 2, f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {err}"
     lines = err.splitlines()

@@ -37,10 +37,19 @@ from trainables.minbert.train import find_checkpoint, train_trial, verify_checkp
 REPO = Path(__file__).resolve().parents[2]
 TINY_YAML = REPO / "trainables" / "configs" / "tiny.yaml"
 TINY = [
-    "model.checkpoint=random", "model.hidden_size=32", "model.num_layers=2", "model.num_heads=2",
-    "model.intermediate_size=64", "data.max_length=32", "data.max_train_examples=48",
-    "data.max_eval_examples=24", "data.train_eval_examples=16", "train.batch_size=8",
-    "train.lr=1e-3", "train.evals_per_epoch=3", "train.keep_checkpoints=3",
+    "model.checkpoint=random",
+    "model.hidden_size=32",
+    "model.num_layers=2",
+    "model.num_heads=2",
+    "model.intermediate_size=64",
+    "data.max_length=32",
+    "data.max_train_examples=48",
+    "data.max_eval_examples=24",
+    "data.train_eval_examples=16",
+    "train.batch_size=8",
+    "train.lr=1e-3",
+    "train.evals_per_epoch=3",
+    "train.keep_checkpoints=3",
 ]
 
 
@@ -51,13 +60,22 @@ def test_fault_hook_is_inert_unless_set_and_refuses_malformed_values(monkeypatch
     assert not _faults.poison_loss(1, seed=0)
     _faults.before_step(1, seed=0, run_dir=Path("/nonexistent"))  # does nothing
     faults = _faults.parse("nan_at_step:3@seed=1; sleep_in_checkpoint:0.5@seed=2,step=8")
-    assert faults == [_faults.Fault("nan_at_step", 3.0, seed=1),
-                      _faults.Fault("sleep_in_checkpoint", 0.5, seed=2, step=8)]
+    assert faults == [
+        _faults.Fault("nan_at_step", 3.0, seed=1),
+        _faults.Fault("sleep_in_checkpoint", 0.5, seed=2, step=8),
+    ]
     monkeypatch.setenv(_faults.ENV, "nan_at_step:3@seed=1")
     assert _faults.poison_loss(3, seed=1) and not _faults.poison_loss(3, seed=2)
     assert not _faults.poison_loss(2, seed=1)
-    for bad in ("explode:1", "nan_at_step", "nan_at_step:0", "nan_at_step:1.5",
-                "kill_at_step:2@seed=x", "kill_at_step:2@rank=1", "raise_at_step:2@step=2"):
+    for bad in (
+        "explode:1",
+        "nan_at_step",
+        "nan_at_step:0",
+        "nan_at_step:1.5",
+        "kill_at_step:2@seed=x",
+        "kill_at_step:2@rank=1",
+        "raise_at_step:2@step=2",
+    ):
         with pytest.raises(ConfigError, match="HPSEARCH_FAULT"):
             _faults.parse(bad)
     monkeypatch.setenv(_faults.ENV, "raise_at_step:2@seed=5")
@@ -127,9 +145,14 @@ def _hpsearch(args: list[str], cwd: Path, env: dict, log: Path) -> subprocess.Po
     """Start `hpsearch ARGS` in its own process group (so that it can be SIGKILLed whole);
     its output goes to `log` (a pipe could fill up and stall it)."""
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "hpsearch.cli", *args], cwd=cwd,
-                                env=env, start_new_session=True, stdout=out,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hpsearch.cli", *args],
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     proc.log = log  # type: ignore[attr-defined]
     return proc
 
@@ -141,8 +164,10 @@ def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | Non
         if found:
             return found
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"process ended (exit {proc.returncode}) before {what}:\n"
-                                 f"{proc.log.read_text()[-4000:]}")
+            raise AssertionError(
+                f"process ended (exit {proc.returncode}) before {what}:\n"
+                f"{proc.log.read_text()[-4000:]}"
+            )
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
 
@@ -172,11 +197,19 @@ def test_killed_while_writing_a_checkpoint_then_resumed(tmp_path):
     """SIGKILL `hpsearch train` in the middle of writing its second checkpoint: the half
     checkpoint is never taken for one, and --resume continues from the first."""
     out = tmp_path / "run"
-    proc = _hpsearch(["train", str(TINY_YAML), "--out", str(out)], tmp_path,
-                     _env(HPSEARCH_FAULT="sleep_in_checkpoint:300@step=8"), tmp_path / "log")
+    proc = _hpsearch(
+        ["train", str(TINY_YAML), "--out", str(out)],
+        tmp_path,
+        _env(HPSEARCH_FAULT="sleep_in_checkpoint:300@step=8"),
+        tmp_path / "log",
+    )
     try:
-        _wait_for(lambda: (out / ".fault-sleep_in_checkpoint").exists(), 300,
-                  "the checkpoint of step 8", proc)
+        _wait_for(
+            lambda: (out / ".fault-sleep_in_checkpoint").exists(),
+            300,
+            "the checkpoint of step 8",
+            proc,
+        )
     finally:
         _kill(proc)
     root = out / "checkpoints"
@@ -185,9 +218,23 @@ def test_killed_while_writing_a_checkpoint_then_resumed(tmp_path):
     assert sorted(p.name for p in root.glob("step-*")) == ["step-00000004"]
     assert find_checkpoint(out).name == "step-00000004"
     assert not (out / "summary.json").exists()
-    done = subprocess.run([sys.executable, "-m", "hpsearch.cli", "train", str(TINY_YAML),
-                           "--out", str(out), "--resume"], cwd=tmp_path, env=_env(),
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hpsearch.cli",
+            "train",
+            str(TINY_YAML),
+            "--out",
+            str(out),
+            "--resume",
+        ],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["resumed_from_step"] == 4
@@ -255,11 +302,13 @@ def test_restarted_run_cuts_metrics_back_to_its_checkpoint(tmp_path):
 
 def test_a_trial_that_already_ended_is_never_trained_again(tmp_path):
     assert sweep_mod._finished_summary(tmp_path) is None
-    write_json_atomic(tmp_path / "summary.json", {"status": "finished", "final": True,
-                                                  "dev_overall": 0.5})
+    write_json_atomic(
+        tmp_path / "summary.json", {"status": "finished", "final": True, "dev_overall": 0.5}
+    )
     assert sweep_mod._finished_summary(tmp_path)["dev_overall"] == 0.5
-    write_json_atomic(tmp_path / "summary.json", {"status": "failed",
-                                                  "reason": "non-finite loss at step 3"})
+    write_json_atomic(
+        tmp_path / "summary.json", {"status": "failed", "reason": "non-finite loss at step 3"}
+    )
     assert sweep_mod._finished_summary(tmp_path)["reason"] == "non-finite loss at step 3"
     (tmp_path / "summary.json").write_text('{"status": "finished", "fin')  # corrupt
     assert sweep_mod._finished_summary(tmp_path) is None
@@ -272,19 +321,22 @@ def test_trials_abandoned_by_a_killed_driver_are_closed(tmp_path):
     (exp / "trials").mkdir(parents=True)
     write_json_atomic(exp / "experiment.json", {"study_name": "exp"})
     storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(exp / "optuna.journal")))
+        optuna.storages.journal.JournalFileBackend(str(exp / "optuna.journal"))
+    )
     study = optuna.create_study(study_name="exp", storage=storage, direction="maximize")
     done, orphan = study.ask(), study.ask()
     study.tell(done, 0.5)
     for tid, status in (("known1", "finished"), ("lost1", "running"), ("known2", "running")):
-        write_json_atomic(exp / "trials" / f"{tid}.json", {"trial_id": tid, "status": status,
-                                                           "reason": None})
+        write_json_atomic(
+            exp / "trials" / f"{tid}.json", {"trial_id": tid, "status": status, "reason": None}
+        )
     assert sweep_mod.reconcile_after_fit(exp, {"known1", "known2"}) == ["lost1"]
     lost = json.loads((exp / "trials" / "lost1.json").read_text())
     assert lost["status"] == "failed" and lost["reason"] == sweep_mod.ABANDONED
     assert json.loads((exp / "trials" / "known2.json").read_text())["status"] == "running"
-    states = {t.number: t.state.name for t in optuna.load_study(study_name="exp",
-                                                                storage=storage).trials}
+    states = {
+        t.number: t.state.name for t in optuna.load_study(study_name="exp", storage=storage).trials
+    }
     assert states == {done.number: "COMPLETE", orphan.number: "FAIL"}
 
 
@@ -306,30 +358,71 @@ def _crashed_experiment(exp: Path) -> None:
     better score, a trial record cut short, and a trial still "running" whose metrics end in
     a half-written line."""
     (exp / "trials").mkdir(parents=True)
-    write_json_atomic(exp / "experiment.json", {"name": exp.name, "metric": "dev_overall",
-                                                "mode": "max", "total_trials": 4})
+    write_json_atomic(
+        exp / "experiment.json",
+        {"name": exp.name, "metric": "dev_overall", "mode": "max", "total_trials": 4},
+    )
 
-    def trial(tid: str, status: str, reason: str | None, seed: int, dev: list[float],
-              summary: dict | None, tail: str = "") -> None:
+    def trial(
+        tid: str,
+        status: str,
+        reason: str | None,
+        seed: int,
+        dev: list[float],
+        summary: dict | None,
+        tail: str = "",
+    ) -> None:
         run = exp / "runs" / tid
         run.mkdir(parents=True)
-        metrics = [json.dumps({"step": 2 * (i + 1), "epoch": 0.5 * (i + 1), "time_s": i,
-                               "dev_sst_acc": d, "dev_para_acc": d, "dev_sts_r": 2 * d - 1,
-                               "dev_overall": d}) for i, d in enumerate(dev)]
+        metrics = [
+            json.dumps(
+                {
+                    "step": 2 * (i + 1),
+                    "epoch": 0.5 * (i + 1),
+                    "time_s": i,
+                    "dev_sst_acc": d,
+                    "dev_para_acc": d,
+                    "dev_sts_r": 2 * d - 1,
+                    "dev_overall": d,
+                }
+            )
+            for i, d in enumerate(dev)
+        ]
         (run / "metrics.jsonl").write_text("\n".join(metrics) + "\n" + tail)
         if summary is not None:
             write_json_atomic(run / "summary.json", summary)
-        write_json_atomic(exp / "trials" / f"{tid}.json", {
-            "trial_id": tid, "status": status, "reason": reason, "trial_dir": f"runs/{tid}",
-            "variant": "baseline", "config": {"train.seed": seed, "train.lr": 1e-3},
-            "searched": ["train.lr"]})
+        write_json_atomic(
+            exp / "trials" / f"{tid}.json",
+            {
+                "trial_id": tid,
+                "status": status,
+                "reason": reason,
+                "trial_dir": f"runs/{tid}",
+                "variant": "baseline",
+                "config": {"train.seed": seed, "train.lr": 1e-3},
+                "searched": ["train.lr"],
+            },
+        )
 
-    good = {"status": "finished", "final": True, "steps": 4, **{
-        f"{s}_{m}": v for s in ("dev", "train", "test")
-        for m, v in (("sst_acc", 0.5), ("para_acc", 0.5), ("sts_r", 0.0), ("overall", 0.5))}}
+    good = {
+        "status": "finished",
+        "final": True,
+        "steps": 4,
+        **{
+            f"{s}_{m}": v
+            for s in ("dev", "train", "test")
+            for m, v in (("sst_acc", 0.5), ("para_acc", 0.5), ("sts_r", 0.0), ("overall", 0.5))
+        },
+    }
     trial("aaaa0001", "finished", None, 0, [0.4, 0.5], good)
-    trial("aaaa0002", "failed", "non-finite loss at step 5 (task sts: nan)", 1, [0.9, 0.95],
-          {"status": "failed", "reason": "non-finite loss at step 5 (task sts: nan)"})
+    trial(
+        "aaaa0002",
+        "failed",
+        "non-finite loss at step 5 (task sts: nan)",
+        1,
+        [0.9, 0.95],
+        {"status": "failed", "reason": "non-finite loss at step 5 (task sts: nan)"},
+    )
     trial("aaaa0004", "running", None, 3, [0.97], None, tail='{"step": 4, "dev_ov')
     (exp / "trials" / "aaaa0003.json").write_text('{"trial_id": "aaaa0003", "stat')
 
@@ -337,20 +430,34 @@ def _crashed_experiment(exp: Path) -> None:
 def test_report_of_a_crashed_experiment_lists_every_trial_and_ranks_only_sound_ones(tmp_path):
     exp = tmp_path / "crashed"
     _crashed_experiment(exp)
-    proc = subprocess.run([sys.executable, "-m", "hpsearch.cli", "report", str(exp)],
-                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpsearch.cli", "report", str(exp)],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     import pandas as pd
 
     status = pd.read_csv(exp / "report" / "trial_status.csv").set_index("trial_id")
-    assert dict(status["status"]) == {"aaaa0001": "finished", "aaaa0002": "failed",
-                                      "aaaa0003": "corrupt", "aaaa0004": "running"}
+    assert dict(status["status"]) == {
+        "aaaa0001": "finished",
+        "aaaa0002": "failed",
+        "aaaa0003": "corrupt",
+        "aaaa0004": "running",
+    }
     assert status.loc["aaaa0002", "reason"] == "non-finite loss at step 5 (task sts: nan)"
     report = (exp / "report" / "report.md").read_text()
     assert "Best dev_overall: 0.500 (trial aaaa0001" in report  # not the failed 0.95
     assert not [p for p in (exp / "report").rglob(".*")], "no temporary files left behind"
-    assert sweep_mod.trial_status_counts(exp) == {"corrupt": 1, "failed": 1, "finished": 1,
-                                                  "running": 1}
+    assert sweep_mod.trial_status_counts(exp) == {
+        "corrupt": 1,
+        "failed": 1,
+        "finished": 1,
+        "running": 1,
+    }
 
 
 # ============================================================================ real sweeps (slow)
@@ -383,7 +490,8 @@ def _finals(exp: Path, rec: dict) -> int:
 
 def _study(exp: Path) -> optuna.Study:
     storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(exp / "optuna.journal")))
+        optuna.storages.journal.JournalFileBackend(str(exp / "optuna.journal"))
+    )
     return optuna.load_study(study_name=exp.name, storage=storage)
 
 
@@ -393,20 +501,46 @@ def test_trial_faults_fail_alone_and_the_sweep_completes(tmp_path, cli):
     from its checkpoint), a worker SIGKILLed every time, a trial past its time limit, and
     two healthy ones. Every fault ends in its trial alone, with its reason in the report."""
     space = _grid_space(tmp_path, "faults", [0, 1, 2, 3, 4, 5, 6])
-    faults = ("nan_at_step:3@seed=1;raise_at_step:3@seed=2;kill_once_at_step:6@seed=3;"
-              "kill_at_step:6@seed=4;sleep_per_step:8@seed=5")
-    proc = subprocess.run([sys.executable, "-m", "hpsearch.cli", "sweep", str(space),
-                           "--storage-path", str(tmp_path), "--num-cpus", "2",
-                           "--max-failures", "1", "--time-limit-per-trial", "45"],
-                          cwd=REPO, env=_env(HPSEARCH_FAULT=faults), capture_output=True,
-                          text=True, timeout=900)
+    faults = (
+        "nan_at_step:3@seed=1;raise_at_step:3@seed=2;kill_once_at_step:6@seed=3;"
+        "kill_at_step:6@seed=4;sleep_per_step:8@seed=5"
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hpsearch.cli",
+            "sweep",
+            str(space),
+            "--storage-path",
+            str(tmp_path),
+            "--num-cpus",
+            "2",
+            "--max-failures",
+            "1",
+            "--time-limit-per-trial",
+            "45",
+        ],
+        cwd=REPO,
+        env=_env(HPSEARCH_FAULT=faults),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     exp = tmp_path / "faults"
     recs = _records(exp)
     assert sorted(recs) == [0, 1, 2, 3, 4, 5, 6]
     status = {seed: rec["status"] for seed, rec in recs.items()}
-    assert status == {0: "finished", 1: "failed", 2: "failed", 3: "finished", 4: "failed",
-                      5: "failed", 6: "finished"}
+    assert status == {
+        0: "finished",
+        1: "failed",
+        2: "failed",
+        3: "finished",
+        4: "failed",
+        5: "failed",
+        6: "finished",
+    }
     assert recs[1]["reason"].startswith("non-finite loss at step 3")
     assert "InjectedFault: injected fault: raise_at_step 3" in recs[2]["reason"]
     assert "retries exhausted (--max-failures 1)" in recs[2]["reason"]
@@ -416,15 +550,24 @@ def test_trial_faults_fail_alone_and_the_sweep_completes(tmp_path, cli):
     assert recs[3]["failures"] == 1
     summary3 = json.loads((exp / recs[3]["trial_dir"] / "summary.json").read_text())
     assert summary3["resumed_from_step"] == 4 and summary3["steps"] == 8
-    steps = [json.loads(x)["step"] for x in
-             (exp / recs[3]["trial_dir"] / "metrics.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(x)["step"]
+        for x in (exp / recs[3]["trial_dir"] / "metrics.jsonl").read_text().splitlines()
+    ]
     assert steps == [4, 8]
     for seed in (0, 3, 6):
         assert _finals(exp, recs[seed]) == 1
     # failed trials are failed in the Optuna study too: never ranked, never left RUNNING
     states = {t.params["grid_point"]: t.state.name for t in _study(exp).trials}
-    assert states == {0: "COMPLETE", 1: "FAIL", 2: "FAIL", 3: "COMPLETE", 4: "FAIL",
-                      5: "FAIL", 6: "COMPLETE"}
+    assert states == {
+        0: "COMPLETE",
+        1: "FAIL",
+        2: "FAIL",
+        3: "COMPLETE",
+        4: "FAIL",
+        5: "FAIL",
+        6: "COMPLETE",
+    }
     # the report lists every failure with its reason; the best trial is a finished one
     import pandas as pd
 
@@ -438,21 +581,37 @@ def test_trial_faults_fail_alone_and_the_sweep_completes(tmp_path, cli):
 
 
 def _start_sweep(space: Path, storage: Path, fault: str) -> subprocess.Popen:
-    return _hpsearch(["sweep", str(space), "--storage-path", str(storage), "--num-cpus", "2",
-                      "--max-concurrent", "1"], REPO, _env(HPSEARCH_FAULT=fault),
-                     storage / "driver.log")
+    return _hpsearch(
+        [
+            "sweep",
+            str(space),
+            "--storage-path",
+            str(storage),
+            "--num-cpus",
+            "2",
+            "--max-concurrent",
+            "1",
+        ],
+        REPO,
+        _env(HPSEARCH_FAULT=fault),
+        storage / "driver.log",
+    )
 
 
 def _marker(exp: Path, name: str):
     def find():
         hits = list((exp / "runs").glob(f"*/{name}")) if (exp / "runs").is_dir() else []
         return hits[0] if hits else None
+
     return find
 
 
 def _snapshot_finished(exp: Path) -> dict[str, str]:
-    return {rec["trial_id"]: (exp / rec["trial_dir"] / "summary.json").read_text()
-            for rec in _records(exp).values() if rec["status"] == "finished"}
+    return {
+        rec["trial_id"]: (exp / rec["trial_dir"] / "summary.json").read_text()
+        for rec in _records(exp).values()
+        if rec["status"] == "finished"
+    }
 
 
 def _check_resumed(exp: Path, before: dict[str, str], n: int) -> dict[int, dict]:
@@ -541,20 +700,43 @@ def test_driver_killed_during_the_report_then_resumed(tmp_path, cli):
 @pytest.mark.slow
 def test_fifty_short_trials_all_accounted_for_and_memory_flat(tmp_path, cli):
     n = 50
-    space = _grid_space(tmp_path, "load", list(range(n)), **{
-        "data.max_train_examples": 16, "data.max_eval_examples": 16,
-        "data.train_eval_examples": 8, "train.max_steps": 2, "train.evals_per_epoch": 1})
-    cli("sweep", str(space), "--storage-path", str(tmp_path), "--num-cpus", "2",
-        "--max-concurrent", "2", "--no-report", timeout=3000)
+    space = _grid_space(
+        tmp_path,
+        "load",
+        list(range(n)),
+        **{
+            "data.max_train_examples": 16,
+            "data.max_eval_examples": 16,
+            "data.train_eval_examples": 8,
+            "train.max_steps": 2,
+            "train.evals_per_epoch": 1,
+        },
+    )
+    cli(
+        "sweep",
+        str(space),
+        "--storage-path",
+        str(tmp_path),
+        "--num-cpus",
+        "2",
+        "--max-concurrent",
+        "2",
+        "--no-report",
+        timeout=3000,
+    )
     exp = tmp_path / "load"
     recs = _records(exp)
     assert sorted(recs) == list(range(n))
     assert all(r["status"] == "finished" for r in recs.values())
-    files = sorted((exp / r["trial_dir"] / "summary.json" for r in recs.values()),
-                   key=lambda p: p.stat().st_mtime)  # in the order the trials finished
+    files = sorted(
+        (exp / r["trial_dir"] / "summary.json" for r in recs.values()),
+        key=lambda p: p.stat().st_mtime,
+    )  # in the order the trials finished
     peaks = [json.loads(p.read_text())["peak_mem_mb"] for p in files]
     first, last = sum(peaks[:5]) / 5, sum(peaks[-5:]) / 5
-    print(f"peak memory per trial: first 5 {first:.0f} MB, last 5 {last:.0f} MB, "
-          f"max {max(peaks):.0f} MB over {n} trials")
+    print(
+        f"peak memory per trial: first 5 {first:.0f} MB, last 5 {last:.0f} MB, "
+        f"max {max(peaks):.0f} MB over {n} trials"
+    )
     assert last <= first * 1.10 + 20, (first, last, peaks)
     assert sum(t.state.name == "COMPLETE" for t in _study(exp).trials) == n

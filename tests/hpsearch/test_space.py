@@ -69,8 +69,10 @@ def _run(space: SearchSpace, n: int) -> list[dict[str, Any]]:
 
 
 def _holds(when: dict[str, tuple[Any, ...]], config: dict[str, Any]) -> bool:
-    return all(ref in config and any(type(config[ref]) is type(v) and config[ref] == v
-                                     for v in allowed) for ref, allowed in when.items())
+    return all(
+        ref in config and any(type(config[ref]) is type(v) and config[ref] == v for v in allowed)
+        for ref, allowed in when.items()
+    )
 
 
 def _check_config(space: SearchSpace, config: dict[str, Any]) -> None:
@@ -166,11 +168,19 @@ def test_paper_ablation_is_the_report_grid():
     assert space.total_trials() == space.grid_size() == 15
     cfg = space.resolve(space.grid_points()[0])
     assert (cfg.model.dropout, cfg.train.lr, cfg.train.weight_decay, cfg.train.epochs) == (
-        0.3, 1e-5, 1e-4, 1)
+        0.3,
+        1e-5,
+        1e-4,
+        1,
+    )
     assert cfg.extensions.task_sampling == "cycle"
-    expected = {"baseline": (False, False, False), "cosine": (True, False, False),
-                "pcgrad": (False, True, False), "sequential": (False, False, True),
-                "all": (True, True, True)}
+    expected = {
+        "baseline": (False, False, False),
+        "cosine": (True, False, False),
+        "pcgrad": (False, True, False),
+        "sequential": (False, False, True),
+        "all": (True, True, True),
+    }
     for point in space.grid_points():
         ext = space.resolve(point).extensions
         assert (ext.cosine_sts, ext.pcgrad, ext.sequential_sts) == expected[point["variant"]]
@@ -193,7 +203,9 @@ def test_demo_and_smoke_use_the_synthetic_data_and_small_budgets():
 
 
 def test_grid_enumerates_the_product_once_each_even_when_trials_overlap(tmp_path: Path):
-    path = _write(tmp_path, """
+    path = _write(
+        tmp_path,
+        """
 search: {sampler: grid}
 parameters:
   extensions.pcgrad: {type: categorical, choices: [false, true]}
@@ -203,16 +215,20 @@ variants:
   plain: {}
   cosine: {extensions.cosine_sts: true}
 seeds: [1, 2, 3]
-""")
+""",
+    )
     space = load_search_space(path)
     assert space.total_trials() == space.grid_size() == 2 * 2 * 2 * 3
     study = _study(space)
     # All trials asked before any is told, as when Ray runs them concurrently.
     asked = [_ask(space, study) for _ in range(space.total_trials())]
-    seen = [(c["variant"], c["extensions.pcgrad"], c["extensions.task_sampling"],
-             c["train.seed"]) for _, c in asked]
-    product = set(itertools.product(["plain", "cosine"], [False, True],
-                                    ["cycle", "proportional"], [1, 2, 3]))
+    seen = [
+        (c["variant"], c["extensions.pcgrad"], c["extensions.task_sampling"], c["train.seed"])
+        for _, c in asked
+    ]
+    product = set(
+        itertools.product(["plain", "cosine"], [False, True], ["cycle", "proportional"], [1, 2, 3])
+    )
     assert len(seen) == len(set(seen)) and set(seen) == product
     for trial, config in asked:
         _check_config(space, config)
@@ -221,7 +237,9 @@ seeds: [1, 2, 3]
 
 
 def test_grid_honours_conditions_and_variant_conditions(tmp_path: Path):
-    path = _write(tmp_path, """
+    path = _write(
+        tmp_path,
+        """
 search: {sampler: grid}
 variants:
   a: {}
@@ -231,12 +249,26 @@ parameters:
   extensions.sequential_sts_epochs:
     {type: categorical, choices: [1, 2], when: {extensions.sequential_sts: true}}
   extensions.pcgrad: {type: categorical, choices: [false, true], when: {variant: b}}
-""")
+""",
+    )
     space = load_search_space(path)
-    points = {tuple(sorted((k, v) for k, v in p.items() if k != "grid_point"
-                           and k in ("variant", "extensions.sequential_sts",
-                                     "extensions.sequential_sts_epochs", "extensions.pcgrad")))
-              for p in space.grid_points()}
+    points = {
+        tuple(
+            sorted(
+                (k, v)
+                for k, v in p.items()
+                if k != "grid_point"
+                and k
+                in (
+                    "variant",
+                    "extensions.sequential_sts",
+                    "extensions.sequential_sts_epochs",
+                    "extensions.pcgrad",
+                )
+            )
+        )
+        for p in space.grid_points()
+    }
     # variant a: seq off | seq on x 2 epochs = 3; variant b: the same x pcgrad 2 = 6.
     assert space.grid_size() == len(points) == 9
     assert all(("extensions.pcgrad" in dict(p)) == (dict(p)["variant"] == "b") for p in points)
@@ -252,13 +284,18 @@ def test_grid_num_samples_may_limit_but_not_exceed_the_grid(tmp_path: Path):
 
 def test_tpe_and_random_sample_variants_and_seeds_as_categoricals(tmp_path: Path):
     for sampler in ("tpe", "random"):
-        space = load_search_space(_write(tmp_path, f"""
+        space = load_search_space(
+            _write(
+                tmp_path,
+                f"""
 search: {{sampler: {sampler}, num_samples: 12}}
 variants: {{baseline: {{}}, cosine: {{extensions.cosine_sts: true}}}}
 seeds: [5, 6]
 parameters:
   train.lr: {{type: float, low: 1.0e-5, high: 1.0e-3, log: true}}
-"""))
+""",
+            )
+        )
         configs = _run(space, 12)
         assert {c["variant"] for c in configs} == {"baseline", "cosine"}
         assert {c["train.seed"] for c in configs} == {5, 6}
@@ -267,14 +304,19 @@ parameters:
 
 
 def test_multi_objective_picks_nsga2_and_no_early_stopping(tmp_path: Path):
-    space = load_search_space(_write(tmp_path, """
+    space = load_search_space(
+        _write(
+            tmp_path,
+            """
 search:
   num_samples: 8
   objectives: [{metric: dev_sts_r, mode: max}, {metric: train_time_s}]
 parameters:
   train.lr: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}
   train.epochs: {type: int, low: 1, high: 3}
-"""))
+""",
+        )
+    )
     assert space.multi_objective
     assert space.metric == ["dev_sts_r", "train_time_s"]
     assert space.mode == ["max", "min"]  # train_time_s defaults to its natural direction
@@ -302,15 +344,20 @@ def test_ray_optuna_search_drives_the_space():
 
     for name in ("paper_ablation.yaml", "smoke.yaml"):
         space = load_search_space(default_folder() / name)
-        searcher = OptunaSearch(space=space.define_by_run, sampler=space.optuna_sampler(),
-                                metric=space.metric, mode=space.mode)
+        searcher = OptunaSearch(
+            space=space.define_by_run,
+            sampler=space.optuna_sampler(),
+            metric=space.metric,
+            mode=space.mode,
+        )
         seen = []
         for i in range(space.total_trials()):
             config = searcher.suggest(f"t{i}")
             _check_config(space, config)
             seen.append(space.resolve(config).to_flat_dict())
-            searcher.on_trial_complete(f"t{i}", result={space.metric: 0.5,
-                                                        "training_iteration": 1})
+            searcher.on_trial_complete(
+                f"t{i}", result={space.metric: 0.5, "training_iteration": 1}
+            )
         if space.sampler == "grid":
             assert len({tuple(sorted(s.items())) for s in seen}) == space.grid_size()
 
@@ -318,16 +365,25 @@ def test_ray_optuna_search_drives_the_space():
 # -- resolve, variant_of, overrides ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("toggles, name", [
-    ({}, "baseline"),
-    ({"extensions.cosine_sts": True}, "cosine"),
-    ({"extensions.pcgrad": True}, "pcgrad"),
-    ({"extensions.sequential_sts": True}, "sequential"),
-    ({"extensions.cosine_sts": True, "extensions.pcgrad": True}, "cosine+pcgrad"),
-    ({"extensions.pcgrad": True, "extensions.sequential_sts": True}, "pcgrad+sequential"),
-    ({"extensions.cosine_sts": True, "extensions.pcgrad": True,
-      "extensions.sequential_sts": True}, "all"),
-])
+@pytest.mark.parametrize(
+    "toggles, name",
+    [
+        ({}, "baseline"),
+        ({"extensions.cosine_sts": True}, "cosine"),
+        ({"extensions.pcgrad": True}, "pcgrad"),
+        ({"extensions.sequential_sts": True}, "sequential"),
+        ({"extensions.cosine_sts": True, "extensions.pcgrad": True}, "cosine+pcgrad"),
+        ({"extensions.pcgrad": True, "extensions.sequential_sts": True}, "pcgrad+sequential"),
+        (
+            {
+                "extensions.cosine_sts": True,
+                "extensions.pcgrad": True,
+                "extensions.sequential_sts": True,
+            },
+            "all",
+        ),
+    ],
+)
 def test_variant_is_derived_from_the_toggles(toggles: dict[str, bool], name: str):
     space = load_search_space(default_folder() / "smoke.yaml")
     assert space.variant_of(toggles) == name
@@ -345,9 +401,16 @@ def test_resolve_fills_in_base_and_drops_bookkeeping():
 
 def test_overrides(tmp_path: Path):
     path = default_folder() / "default.yaml"
-    space = load_search_space(path, {"search.num_samples": 3, "data.data_dir": "/data",
-                                     "train.epochs": 1, "search.asha.grace_period": 2,
-                                     "name": "quick"})
+    space = load_search_space(
+        path,
+        {
+            "search.num_samples": 3,
+            "data.data_dir": "/data",
+            "train.epochs": 1,
+            "search.asha.grace_period": 2,
+            "name": "quick",
+        },
+    )
     assert space.total_trials() == 3 and space.name == "quick"
     assert space.base["data.data_dir"] == "/data"
     assert space.asha_grace_period == 2
@@ -385,122 +448,214 @@ LR = "train.lr: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}"
 BAD = [
     # (id, file text, fragments the one-line message must contain)
     ("yaml_syntax", f"parameters:\n  {LR[:-1]}\n  model.dropout: 0.1\n", ["line"]),
-    ("duplicate_key", "parameters:\n  model.dropout: 0.1\n  model.dropout: 0.2\n",
-     ["model.dropout", "twice", "line 3"]),
+    (
+        "duplicate_key",
+        "parameters:\n  model.dropout: 0.1\n  model.dropout: 0.2\n",
+        ["model.dropout", "twice", "line 3"],
+    ),
     ("top_level_list", "- train.lr\n- model.dropout\n", ["top level", "mapping"]),
     ("unknown_top_key", "paramters: {}\n", ["paramters", "did you mean 'parameters'"]),
     ("unknown_search_key", "search: {samplr: tpe}\n", ["search.samplr", "'sampler'"]),
     ("unknown_asha_key", "search: {asha: {grace: 1}}\n", ["search.asha.grace"]),
-    ("unknown_spec_key",
-     "parameters:\n  train.lr: {type: float, low: 1.0e-5, high: 1.0e-3, choices: [1]}\n",
-     ["parameters.train.lr.choices", "allowed"]),
-    ("unknown_param_name", "parameters:\n  train.weight_decy: {type: float, low: 0.0, high: 0.1}\n",
-     ["parameters.train.weight_decy", "did you mean 'train.weight_decay'"]),
-    ("unknown_type", "parameters:\n  train.lr: {type: uniform, low: 1.0e-5, high: 1.0e-3}\n",
-     ["parameters.train.lr.type", "uniform"]),
-    ("missing_type", "parameters:\n  train.lr: {low: 1.0e-5, high: 1.0e-3}\n",
-     ["parameters.train.lr", "missing 'type'"]),
-    ("inverted_range", "parameters:\n  train.lr: {type: float, low: 1.0e-3, high: 1.0e-5}\n",
-     ["parameters.train.lr", "low"]),
-    ("empty_range", "parameters:\n  train.epochs: {type: int, low: 2, high: 2}\n",
-     ["parameters.train.epochs", "empty range"]),
-    ("log_touching_zero",
-     "parameters:\n  train.weight_decay: {type: float, low: 0.0, high: 0.1, log: true}\n",
-     ["parameters.train.weight_decay.low", "above zero"]),
-    ("step_does_not_fit",
-     "parameters:\n  model.dropout: {type: float, low: 0.0, high: 0.5, step: 0.2}\n",
-     ["parameters.model.dropout.step", "multiple"]),
-    ("step_with_log",
-     "parameters:\n  train.epochs: {type: int, low: 1, high: 4, step: 1, log: true}\n",
-     ["parameters.train.epochs.step", "log"]),
-    ("duplicate_choice",
-     "parameters:\n  extensions.task_sampling: {type: categorical, choices: [cycle, cycle]}\n",
-     ["parameters.extensions.task_sampling.choices", "twice"]),
+    (
+        "unknown_spec_key",
+        "parameters:\n  train.lr: {type: float, low: 1.0e-5, high: 1.0e-3, choices: [1]}\n",
+        ["parameters.train.lr.choices", "allowed"],
+    ),
+    (
+        "unknown_param_name",
+        "parameters:\n  train.weight_decy: {type: float, low: 0.0, high: 0.1}\n",
+        ["parameters.train.weight_decy", "did you mean 'train.weight_decay'"],
+    ),
+    (
+        "unknown_type",
+        "parameters:\n  train.lr: {type: uniform, low: 1.0e-5, high: 1.0e-3}\n",
+        ["parameters.train.lr.type", "uniform"],
+    ),
+    (
+        "missing_type",
+        "parameters:\n  train.lr: {low: 1.0e-5, high: 1.0e-3}\n",
+        ["parameters.train.lr", "missing 'type'"],
+    ),
+    (
+        "inverted_range",
+        "parameters:\n  train.lr: {type: float, low: 1.0e-3, high: 1.0e-5}\n",
+        ["parameters.train.lr", "low"],
+    ),
+    (
+        "empty_range",
+        "parameters:\n  train.epochs: {type: int, low: 2, high: 2}\n",
+        ["parameters.train.epochs", "empty range"],
+    ),
+    (
+        "log_touching_zero",
+        "parameters:\n  train.weight_decay: {type: float, low: 0.0, high: 0.1, log: true}\n",
+        ["parameters.train.weight_decay.low", "above zero"],
+    ),
+    (
+        "step_does_not_fit",
+        "parameters:\n  model.dropout: {type: float, low: 0.0, high: 0.5, step: 0.2}\n",
+        ["parameters.model.dropout.step", "multiple"],
+    ),
+    (
+        "step_with_log",
+        "parameters:\n  train.epochs: {type: int, low: 1, high: 4, step: 1, log: true}\n",
+        ["parameters.train.epochs.step", "log"],
+    ),
+    (
+        "duplicate_choice",
+        "parameters:\n  extensions.task_sampling: {type: categorical, choices: [cycle, cycle]}\n",
+        ["parameters.extensions.task_sampling.choices", "twice"],
+    ),
     ("duplicate_seed", "seeds: [1, 1]\n", ["seeds", "twice"]),
-    ("empty_choices", "parameters:\n  extensions.pcgrad: {type: categorical, choices: []}\n",
-     ["parameters.extensions.pcgrad.choices", "non-empty"]),
-    ("float_range_on_int_field",
-     "parameters:\n  train.epochs: {type: float, low: 1.0, high: 3.0}\n",
-     ["parameters.train.epochs", "type: int"]),
-    ("choice_not_allowed",
-     "parameters:\n  extensions.task_sampling: {type: categorical, choices: [cycle, random]}\n",
-     ["parameters.extensions.task_sampling", "random"]),
-    ("choice_quoted_bool",
-     "parameters:\n  extensions.pcgrad: {type: categorical, choices: ['false', 'true']}\n",
-     ["parameters.extensions.pcgrad", "str"]),
-    ("fixed_out_of_range", "parameters:\n  model.dropout: 1.5\n",
-     ["parameters.model.dropout", "less than 1"]),
-    ("bound_read_as_text", "parameters:\n  train.lr: {type: float, low: 1e-6, high: 1.0e-4}\n",
-     ["parameters.train.lr.low", "write 1.0e-06"]),
-    ("list_as_spec", "parameters:\n  model.dropout: [0.1, 0.2]\n",
-     ["parameters.model.dropout", "categorical"]),
+    (
+        "empty_choices",
+        "parameters:\n  extensions.pcgrad: {type: categorical, choices: []}\n",
+        ["parameters.extensions.pcgrad.choices", "non-empty"],
+    ),
+    (
+        "float_range_on_int_field",
+        "parameters:\n  train.epochs: {type: float, low: 1.0, high: 3.0}\n",
+        ["parameters.train.epochs", "type: int"],
+    ),
+    (
+        "choice_not_allowed",
+        "parameters:\n  extensions.task_sampling: {type: categorical, choices: [cycle, random]}\n",
+        ["parameters.extensions.task_sampling", "random"],
+    ),
+    (
+        "choice_quoted_bool",
+        "parameters:\n  extensions.pcgrad: {type: categorical, choices: ['false', 'true']}\n",
+        ["parameters.extensions.pcgrad", "str"],
+    ),
+    (
+        "fixed_out_of_range",
+        "parameters:\n  model.dropout: 1.5\n",
+        ["parameters.model.dropout", "less than 1"],
+    ),
+    (
+        "bound_read_as_text",
+        "parameters:\n  train.lr: {type: float, low: 1e-6, high: 1.0e-4}\n",
+        ["parameters.train.lr.low", "write 1.0e-06"],
+    ),
+    (
+        "list_as_spec",
+        "parameters:\n  model.dropout: [0.1, 0.2]\n",
+        ["parameters.model.dropout", "categorical"],
+    ),
     ("unknown_metric", "search: {metric: dev_acc}\n", ["search.metric", "dev_acc"]),
-    ("test_metric", "search: {metric: test_overall}\n",
-     ["search.metric", "test_overall", "dev_overall"]),
-    ("unknown_mode", "search: {metric: dev_overall, mode: maximize}\n",
-     ["search.mode", "maximize"]),
-    ("metric_and_objectives",
-     "search: {metric: dev_overall, objectives: [{metric: dev_sts_r}]}\n",
-     ["search.objectives", "not both"]),
+    (
+        "test_metric",
+        "search: {metric: test_overall}\n",
+        ["search.metric", "test_overall", "dev_overall"],
+    ),
+    (
+        "unknown_mode",
+        "search: {metric: dev_overall, mode: maximize}\n",
+        ["search.mode", "maximize"],
+    ),
+    (
+        "metric_and_objectives",
+        "search: {metric: dev_overall, objectives: [{metric: dev_sts_r}]}\n",
+        ["search.objectives", "not both"],
+    ),
     ("unknown_sampler", "search: {sampler: tpee}\n", ["search.sampler", "'tpe'"]),
-    ("grid_with_range", f"search: {{sampler: grid}}\nparameters:\n  {LR}\n",
-     ["parameters.train.lr", "grid"]),
-    ("when_unknown_param",
-     "parameters:\n  extensions.sequential_sts_epochs: "
-     "{type: int, low: 1, high: 2, when: {extensions.sequential: true}}\n",
-     ["extensions.sequential_sts_epochs.when.extensions.sequential"]),
-    ("when_later_param",
-     "parameters:\n  extensions.sequential_sts_epochs: "
-     "{type: int, low: 1, high: 2, when: {extensions.sequential_sts: true}}\n"
-     "  extensions.sequential_sts: {type: categorical, choices: [false, true]}\n",
-     ["when.extensions.sequential_sts", "later"]),
-    ("when_value_not_a_choice",
-     "parameters:\n  extensions.task_sampling: {type: categorical, choices: [cycle, proportional]}\n"
-     "  extensions.pcgrad: {type: categorical, choices: [false, true], "
-     "when: {extensions.task_sampling: random}}\n",
-     ["parameters.extensions.pcgrad.when.extensions.task_sampling", "'random'"]),
-    ("when_range_param",
-     "parameters:\n  train.epochs: {type: int, low: 1, high: 3}\n"
-     "  extensions.pcgrad: {type: categorical, choices: [false, true], "
-     "when: {train.epochs: 2}}\n",
-     ["parameters.extensions.pcgrad.when.train.epochs", "an integer range", "categorical"]),
-    ("when_variant_without_variants",
-     "parameters:\n  extensions.pcgrad: {type: categorical, choices: [false, true], "
-     "when: {variant: a}}\n",
-     ["parameters.extensions.pcgrad.when.variant", "no variants"]),
-    ("base_and_parameters", f"base: {{train.lr: 1.0e-5}}\nparameters:\n  {LR}\n",
-     ["parameters.train.lr", "also in base"]),
-    ("base_unknown_key", "base: {train.learning_rate: 1.0e-5}\n",
-     ["base.train.learning_rate"]),
-    ("base_wrong_value", "base: {data.max_length: 4}\n",
-     ["base", "data.max_length", "greater than or equal to 8"]),
-    ("variant_unknown_key", "variants:\n  cosine: {extensions.cosine: true}\n",
-     ["variants.cosine.extensions.cosine", "did you mean 'extensions.cosine_sts'"]),
-    ("variant_and_parameter",
-     "variants:\n  pc: {extensions.pcgrad: true}\n"
-     "parameters:\n  extensions.pcgrad: {type: categorical, choices: [false, true]}\n",
-     ["parameters.extensions.pcgrad", "variants.pc"]),
-    ("variant_name_read_as_bool", "variants:\n  on: {extensions.pcgrad: true}\n",
-     ["variants.True", "quote the name"]),
+    (
+        "grid_with_range",
+        f"search: {{sampler: grid}}\nparameters:\n  {LR}\n",
+        ["parameters.train.lr", "grid"],
+    ),
+    (
+        "when_unknown_param",
+        "parameters:\n  extensions.sequential_sts_epochs: "
+        "{type: int, low: 1, high: 2, when: {extensions.sequential: true}}\n",
+        ["extensions.sequential_sts_epochs.when.extensions.sequential"],
+    ),
+    (
+        "when_later_param",
+        "parameters:\n  extensions.sequential_sts_epochs: "
+        "{type: int, low: 1, high: 2, when: {extensions.sequential_sts: true}}\n"
+        "  extensions.sequential_sts: {type: categorical, choices: [false, true]}\n",
+        ["when.extensions.sequential_sts", "later"],
+    ),
+    (
+        "when_value_not_a_choice",
+        "parameters:\n  extensions.task_sampling: {type: categorical, choices: [cycle, proportional]}\n"
+        "  extensions.pcgrad: {type: categorical, choices: [false, true], "
+        "when: {extensions.task_sampling: random}}\n",
+        ["parameters.extensions.pcgrad.when.extensions.task_sampling", "'random'"],
+    ),
+    (
+        "when_range_param",
+        "parameters:\n  train.epochs: {type: int, low: 1, high: 3}\n"
+        "  extensions.pcgrad: {type: categorical, choices: [false, true], "
+        "when: {train.epochs: 2}}\n",
+        ["parameters.extensions.pcgrad.when.train.epochs", "an integer range", "categorical"],
+    ),
+    (
+        "when_variant_without_variants",
+        "parameters:\n  extensions.pcgrad: {type: categorical, choices: [false, true], "
+        "when: {variant: a}}\n",
+        ["parameters.extensions.pcgrad.when.variant", "no variants"],
+    ),
+    (
+        "base_and_parameters",
+        f"base: {{train.lr: 1.0e-5}}\nparameters:\n  {LR}\n",
+        ["parameters.train.lr", "also in base"],
+    ),
+    ("base_unknown_key", "base: {train.learning_rate: 1.0e-5}\n", ["base.train.learning_rate"]),
+    (
+        "base_wrong_value",
+        "base: {data.max_length: 4}\n",
+        ["base", "data.max_length", "greater than or equal to 8"],
+    ),
+    (
+        "variant_unknown_key",
+        "variants:\n  cosine: {extensions.cosine: true}\n",
+        ["variants.cosine.extensions.cosine", "did you mean 'extensions.cosine_sts'"],
+    ),
+    (
+        "variant_and_parameter",
+        "variants:\n  pc: {extensions.pcgrad: true}\n"
+        "parameters:\n  extensions.pcgrad: {type: categorical, choices: [false, true]}\n",
+        ["parameters.extensions.pcgrad", "variants.pc"],
+    ),
+    (
+        "variant_name_read_as_bool",
+        "variants:\n  on: {extensions.pcgrad: true}\n",
+        ["variants.True", "quote the name"],
+    ),
     ("seeds_not_ints", "seeds: [1, two]\n", ["seeds", "'two'"]),
-    ("seeds_and_seed_param", "seeds: [1, 2]\nparameters:\n  train.seed: 3\n",
-     ["parameters.train.seed", "seeds"]),
+    (
+        "seeds_and_seed_param",
+        "seeds: [1, 2]\nparameters:\n  train.seed: 3\n",
+        ["parameters.train.seed", "seeds"],
+    ),
     ("num_samples_zero", "search: {num_samples: 0}\n", ["search.num_samples", ">= 1"]),
-    ("multi_objective_with_asha",
-     "search:\n  scheduler: asha\n  objectives: [{metric: dev_sts_r}, {metric: train_time_s}]\n",
-     ["search.scheduler", "scheduler: none"]),
-    ("pcgrad_with_zero3",
-     "base: {train.deepspeed.zero_stage: 3}\n"
-     "parameters:\n  extensions.pcgrad: {type: categorical, choices: [false, true]}\n",
-     ["parameters.extensions.pcgrad", "zero_stage"]),
-    ("grid_point_breaks_a_cross_field_rule",
-     "search: {sampler: grid}\n"
-     "variants:\n  siamese: {}\n  cross: {model.pair_encoding: cross}\n"
-     "parameters:\n  extensions.cosine_sts: {type: categorical, choices: [false, true]}\n",
-     ["grid point", "variant='cross'", "extensions.cosine_sts=True", "pair_encoding"]),
+    (
+        "multi_objective_with_asha",
+        "search:\n  scheduler: asha\n  objectives: [{metric: dev_sts_r}, {metric: train_time_s}]\n",
+        ["search.scheduler", "scheduler: none"],
+    ),
+    (
+        "pcgrad_with_zero3",
+        "base: {train.deepspeed.zero_stage: 3}\n"
+        "parameters:\n  extensions.pcgrad: {type: categorical, choices: [false, true]}\n",
+        ["parameters.extensions.pcgrad", "zero_stage"],
+    ),
+    (
+        "grid_point_breaks_a_cross_field_rule",
+        "search: {sampler: grid}\n"
+        "variants:\n  siamese: {}\n  cross: {model.pair_encoding: cross}\n"
+        "parameters:\n  extensions.cosine_sts: {type: categorical, choices: [false, true]}\n",
+        ["grid point", "variant='cross'", "extensions.cosine_sts=True", "pair_encoding"],
+    ),
     ("bad_name", "name: my sweep\n", ["name", "letters"]),
-    ("asha_reduction_factor", "search: {asha: {reduction_factor: 1}}\n",
-     ["search.asha.reduction_factor", ">= 2"]),
+    (
+        "asha_reduction_factor",
+        "search: {asha: {reduction_factor: 1}}\n",
+        ["search.asha.reduction_factor", ">= 2"],
+    ),
 ]
 
 

@@ -34,8 +34,9 @@ def _space(tmp_path: Path, name: str, **changes) -> Path:
 
 def test_tpe_sweep_with_asha_every_parameter_kind(tmp_path, cli, records):
     space = _space(tmp_path, "tpe", search__num_samples=6)
-    out = cli("sweep", str(space), "--storage-path", str(tmp_path), "--num-cpus", "2",
-              "--no-report")
+    out = cli(
+        "sweep", str(space), "--storage-path", str(tmp_path), "--num-cpus", "2", "--no-report"
+    )
     exp = tmp_path / "tpe"
     recs = records(exp)
     assert len(recs) == 6, out.stdout[-2000:]
@@ -55,7 +56,8 @@ def test_tpe_sweep_with_asha_every_parameter_kind(tmp_path, cli, records):
             assert summary["final"] is True and summary["dev_overall"] == lines[-1]["dev_overall"]
     # the Optuna study, reopened with plain Optuna, shows every trial with its parameters
     storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(exp / "optuna.journal")))
+        optuna.storages.journal.JournalFileBackend(str(exp / "optuna.journal"))
+    )
     study = optuna.load_study(study_name="tpe", storage=storage)
     assert len(study.trials) == 6
     kinds = {type(d).__name__ for t in study.trials for d in t.distributions.values()}
@@ -67,13 +69,21 @@ def test_tpe_sweep_with_asha_every_parameter_kind(tmp_path, cli, records):
     # configurations recorded per trial are the sampled ones
     by_number = {t.number: t for t in study.trials}
     assert {round(r["config"]["train.lr"], 12) for r in recs.values()} == {
-        round(t.params["train.lr"], 12) for t in by_number.values()}
+        round(t.params["train.lr"], 12) for t in by_number.values()
+    }
 
 
 def test_multi_objective_sweep_uses_nsga2(tmp_path, cli, records):
-    space = _space(tmp_path, "moo", search__num_samples=3, search__scheduler="none",
-                   search__objectives=[{"metric": "dev_sts_r", "mode": "max"},
-                                       {"metric": "dev_sst_acc", "mode": "max"}])
+    space = _space(
+        tmp_path,
+        "moo",
+        search__num_samples=3,
+        search__scheduler="none",
+        search__objectives=[
+            {"metric": "dev_sts_r", "mode": "max"},
+            {"metric": "dev_sst_acc", "mode": "max"},
+        ],
+    )
     doc = yaml.safe_load(space.read_text())
     doc["search"].pop("metric"), doc["search"].pop("mode"), doc["search"].pop("asha")
     doc["search"]["sampler"] = "nsga2"
@@ -82,7 +92,8 @@ def test_multi_objective_sweep_uses_nsga2(tmp_path, cli, records):
     recs = records(tmp_path / "moo")
     assert len(recs) == 3 and all(r["status"] == "finished" for r in recs.values())
     storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(tmp_path / "moo" / "optuna.journal")))
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "moo" / "optuna.journal"))
+    )
     study = optuna.load_study(study_name="moo", storage=storage)
     assert len(study.directions) == 2
     assert all(len(t.values) == 2 for t in study.trials if t.state.name == "COMPLETE")
@@ -100,14 +111,28 @@ def test_existing_experiment_is_never_overwritten(tmp_path, cli):
 
 @pytest.mark.slow
 def test_two_deepspeed_workers_in_one_trial(tmp_path, cli, records):
-    space = _space(tmp_path, "ddp", search__num_samples=1, search__scheduler="none",
-                   parameters={"train.lr": 1.0e-3})
+    space = _space(
+        tmp_path,
+        "ddp",
+        search__num_samples=1,
+        search__scheduler="none",
+        parameters={"train.lr": 1.0e-3},
+    )
     doc = yaml.safe_load(space.read_text())
     doc["search"].pop("asha")
     doc["base"]["data.max_train_examples"] = 32
     space.write_text(yaml.safe_dump(doc, sort_keys=False))
-    cli("sweep", str(space), "--storage-path", str(tmp_path), "--num-cpus", "3",
-        "--workers-per-trial", "2", "--no-report")
+    cli(
+        "sweep",
+        str(space),
+        "--storage-path",
+        str(tmp_path),
+        "--num-cpus",
+        "3",
+        "--workers-per-trial",
+        "2",
+        "--no-report",
+    )
     recs = records(tmp_path / "ddp")
     assert [r["status"] for r in recs.values()] == ["finished"]
     run = tmp_path / "ddp" / next(iter(recs.values()))["trial_dir"]
@@ -137,14 +162,28 @@ def test_two_node_cluster_on_loopback(tmp_path, cli, records, hpsearch_environ):
     common = ["--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
     try:
         _ray("start", "--head", f"--port={port}", "--include-dashboard=false", *common, env=env)
-        _ray("start", f"--address=127.0.0.1:{port}", "--resources={\"second_node\": 1}",
-             *common, env=env)
+        _ray(
+            "start",
+            f"--address=127.0.0.1:{port}",
+            '--resources={"second_node": 1}',
+            *common,
+            env=env,
+        )
         space = _space(tmp_path, "twonode", search__num_samples=4, search__scheduler="none")
         doc = yaml.safe_load(space.read_text())
         doc["search"].pop("asha")
         space.write_text(yaml.safe_dump(doc, sort_keys=False))
-        cli("sweep", str(space), "--storage-path", str(tmp_path), "--address",
-            f"127.0.0.1:{port}", "--max-concurrent", "2", "--no-report")
+        cli(
+            "sweep",
+            str(space),
+            "--storage-path",
+            str(tmp_path),
+            "--address",
+            f"127.0.0.1:{port}",
+            "--max-concurrent",
+            "2",
+            "--no-report",
+        )
     finally:
         _ray("stop", "--force", env=env)
     recs = records(tmp_path / "twonode")
@@ -160,16 +199,36 @@ def test_two_node_cluster_on_loopback(tmp_path, cli, records, hpsearch_environ):
 def test_driver_killed_mid_sweep_then_resumed(tmp_path, cli, records, hpsearch_environ):
     """SIGKILL the whole driver (Ray included) while trials run; `hpsearch resume` completes
     the sweep with every finished trial kept as it was and none run twice."""
-    space = _space(tmp_path, "killed", search__num_samples=5, search__scheduler="none",
-                   search__max_concurrent=1)
+    space = _space(
+        tmp_path,
+        "killed",
+        search__num_samples=5,
+        search__scheduler="none",
+        search__max_concurrent=1,
+    )
     doc = yaml.safe_load(space.read_text())
     doc["search"].pop("asha")
     space.write_text(yaml.safe_dump(doc, sort_keys=False))
     exp = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "hpsearch.cli", "sweep", str(space),
-                             "--storage-path", str(tmp_path), "--num-cpus", "2", "--no-report"],
-                            cwd=REPO, env=hpsearch_environ, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hpsearch.cli",
+            "sweep",
+            str(space),
+            "--storage-path",
+            str(tmp_path),
+            "--num-cpus",
+            "2",
+            "--no-report",
+        ],
+        cwd=REPO,
+        env=hpsearch_environ,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 400
     try:
         while time.time() < deadline:
@@ -184,13 +243,19 @@ def test_driver_killed_mid_sweep_then_resumed(tmp_path, cli, records, hpsearch_e
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    before = {tid: (exp / r["trial_dir"] / "summary.json").read_text()
-              for tid, r in records(exp).items() if r["status"] == "finished"}
+    before = {
+        tid: (exp / r["trial_dir"] / "summary.json").read_text()
+        for tid, r in records(exp).items()
+        if r["status"] == "finished"
+    }
     cli("resume", str(exp), "--num-cpus", "2", "--no-report")
     # A trial started just before the kill may be missing from Ray's saved state: the resumed
     # sweep runs a new one in its place and closes the old record as abandoned (RELIABILITY.md).
-    recs = {tid: r for tid, r in records(exp).items()
-            if not (r["status"] == "failed" and r["reason"].startswith("abandoned:"))}
+    recs = {
+        tid: r
+        for tid, r in records(exp).items()
+        if not (r["status"] == "failed" and r["reason"].startswith("abandoned:"))
+    }
     assert len(recs) == 5, recs
     assert all(r["status"] == "finished" for r in recs.values())
     for tid, text in before.items():  # finished trials untouched, not run again
@@ -198,7 +263,8 @@ def test_driver_killed_mid_sweep_then_resumed(tmp_path, cli, records, hpsearch_e
         lines = (exp / recs[tid]["trial_dir"] / "metrics.jsonl").read_text().splitlines()
         assert sum(json.loads(x).get("final", False) for x in lines) == 1
     storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(exp / "optuna.journal")))
+        optuna.storages.journal.JournalFileBackend(str(exp / "optuna.journal"))
+    )
     study = optuna.load_study(study_name="killed", storage=storage)
     assert sum(t.state.name == "COMPLETE" for t in study.trials) == 5
 
@@ -213,18 +279,35 @@ def test_warm_start_seeds_a_new_study_with_earlier_trials(tmp_path, cli, records
     doc["name"] = "second"
     second = tmp_path / "second.yaml"
     second.write_text(yaml.safe_dump(doc, sort_keys=False))
-    out = cli("sweep", str(second), "--storage-path", str(tmp_path), "--num-cpus", "2",
-              "--warm-start", str(tmp_path / "first"), "--no-report")
+    out = cli(
+        "sweep",
+        str(second),
+        "--storage-path",
+        str(tmp_path),
+        "--num-cpus",
+        "2",
+        "--warm-start",
+        str(tmp_path / "first"),
+        "--no-report",
+    )
     assert "warm start: 2 finished trials" in out.stdout
     assert len(records(tmp_path / "second")) == 2  # earlier trials do not count as new ones
     storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(tmp_path / "second" / "optuna.journal")))
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "second" / "optuna.journal"))
+    )
     study = optuna.load_study(study_name="second", storage=storage)
     assert sum(t.state.name == "COMPLETE" for t in study.trials) == 4
 
 
 def test_warm_start_from_a_folder_that_is_not_an_experiment(tmp_path, cli):
-    proc = cli("sweep", "search_spaces/smoke.yaml", "--storage-path", str(tmp_path / "r"),
-               "--warm-start", str(tmp_path), check=False)
+    proc = cli(
+        "sweep",
+        "search_spaces/smoke.yaml",
+        "--storage-path",
+        str(tmp_path / "r"),
+        "--warm-start",
+        str(tmp_path),
+        check=False,
+    )
     assert proc.returncode == 2 and "--warm-start" in proc.stderr
     assert not (tmp_path / "r").exists()

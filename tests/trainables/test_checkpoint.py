@@ -32,8 +32,15 @@ def vocab_file(tmp_path):
 
 @pytest.fixture()
 def tiny() -> BertModel:
-    config = BertConfig(vocab_size=len(VOCAB), hidden_size=16, num_layers=2, num_heads=4,
-                        intermediate_size=24, max_position_embeddings=32, type_vocab_size=2)
+    config = BertConfig(
+        vocab_size=len(VOCAB),
+        hidden_size=16,
+        num_layers=2,
+        num_heads=4,
+        intermediate_size=24,
+        max_position_embeddings=32,
+        type_vocab_size=2,
+    )
     return BertModel.from_config(config, seed=0).eval()
 
 
@@ -44,8 +51,11 @@ def folder(tmp_path, tiny, vocab_file):
 
 def inputs() -> dict[str, torch.Tensor]:
     ids = torch.tensor([[2, 7, 8, 9, 3, 0], [2, 10, 11, 3, 12, 3]])
-    return {"input_ids": ids, "attention_mask": (ids != 0).long(),
-            "token_type_ids": torch.tensor([[0] * 6, [0, 0, 0, 0, 1, 1]])}
+    return {
+        "input_ids": ids,
+        "attention_mask": (ids != 0).long(),
+        "token_type_ids": torch.tensor([[0] * 6, [0, 0, 0, 0, 1, 1]]),
+    }
 
 
 def assert_same_model(a: BertModel, b: BertModel) -> None:
@@ -66,8 +76,11 @@ def one_line_error(excinfo, *needles: str) -> str:
 
 
 def test_save_then_load_round_trips_exactly(folder, tiny, vocab_file):
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors",
-                                                         "vocab.txt"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "vocab.txt",
+    ]
     assert (folder / "vocab.txt").read_text() == vocab_file.read_text()
     config = json.loads((folder / "config.json").read_text())
     assert config["num_hidden_layers"] == 2 and config["model_type"] == "bert"
@@ -79,12 +92,14 @@ def test_save_then_load_round_trips_exactly(folder, tiny, vocab_file):
 
 
 def test_pytorch_model_bin_with_bert_prefix_round_trips(tmp_path, tiny, vocab_file):
-    folder = save_pretrained(tiny, tmp_path / "bin", vocab_file, weights_format="bin",
-                             key_prefix="bert.")
+    folder = save_pretrained(
+        tiny, tmp_path / "bin", vocab_file, weights_format="bin", key_prefix="bert."
+    )
     assert (folder / "pytorch_model.bin").is_file()
     assert not (folder / "model.safetensors").exists()
-    assert all(k.startswith("bert.") for k in torch.load(folder / "pytorch_model.bin",
-                                                         weights_only=True))
+    assert all(
+        k.startswith("bert.") for k in torch.load(folder / "pytorch_model.bin", weights_only=True)
+    )
     assert_same_model(tiny, BertModel.from_pretrained(folder))
 
 
@@ -93,8 +108,9 @@ def test_bert_base_style_checkpoint_loads(tmp_path, tiny, vocab_file):
     folder = save_pretrained(tiny, tmp_path / "base", vocab_file)
     state = {}
     for key, value in tiny.hf_state_dict().items():
-        key = key.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias",
-                                                                           "LayerNorm.beta")
+        key = key.replace("LayerNorm.weight", "LayerNorm.gamma").replace(
+            "LayerNorm.bias", "LayerNorm.beta"
+        )
         state["bert." + key] = value
     state["bert.embeddings.position_ids"] = torch.arange(32)[None]
     state["cls.predictions.bias"] = torch.zeros(len(VOCAB))
@@ -122,8 +138,12 @@ def test_missing_pooler_is_initialised(folder, tiny):
     del state["pooler.dense.weight"], state["pooler.dense.bias"]
     save_file(state, str(folder / "model.safetensors"))
     model = BertModel.from_pretrained(folder)
-    torch.testing.assert_close(model.embeddings.word_embeddings.weight,
-                               tiny.embeddings.word_embeddings.weight, rtol=0, atol=0)
+    torch.testing.assert_close(
+        model.embeddings.word_embeddings.weight,
+        tiny.embeddings.word_embeddings.weight,
+        rtol=0,
+        atol=0,
+    )
     assert torch.equal(model.pooler.dense.bias, torch.zeros(16))
 
 
@@ -154,8 +174,7 @@ def test_missing_file(folder, name):
     (folder / name).unlink()
     with pytest.raises(ConfigError) as info:
         BertModel.from_pretrained(folder)
-    one_line_error(info, "model.safetensors" if name == "model.safetensors" else name,
-                   str(folder))
+    one_line_error(info, "model.safetensors" if name == "model.safetensors" else name, str(folder))
 
 
 def test_corrupt_config_json(folder):
@@ -215,8 +234,13 @@ def test_wrong_shape(folder):
     save_file(state, str(folder / "model.safetensors"))
     with pytest.raises(ConfigError) as info:
         BertModel.from_pretrained(folder)
-    one_line_error(info, "model.safetensors", "encoder.layer.0.intermediate.dense.weight",
-                   "(25, 16)", "(24, 16)")
+    one_line_error(
+        info,
+        "model.safetensors",
+        "encoder.layer.0.intermediate.dense.weight",
+        "(25, 16)",
+        "(24, 16)",
+    )
 
 
 def test_config_json_hidden_size_not_divisible_by_heads(folder):

@@ -30,16 +30,19 @@ def test_yaml_then_overrides(tmp_path):
     assert cfg.model.pair_encoding == "cross"
 
 
-@pytest.mark.parametrize("override,needle", [
-    ("train.lrr=1e-5", "did you mean 'train.lr'"),
-    ("train.epochs=abc", "train.epochs"),
-    ("train.epochs=0", "train.epochs"),
-    ("model.dropout=1.5", "model.dropout"),
-    ("extensions.task_sampling=random", "extensions.task_sampling"),
-    ("nosuchsection.x=1", "valid sections"),
-    ("train.lr", "section.key=value"),
-    ("train.deepspeed.zero_stage=5", "zero_stage"),
-])
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("train.lrr=1e-5", "did you mean 'train.lr'"),
+        ("train.epochs=abc", "train.epochs"),
+        ("train.epochs=0", "train.epochs"),
+        ("model.dropout=1.5", "model.dropout"),
+        ("extensions.task_sampling=random", "extensions.task_sampling"),
+        ("nosuchsection.x=1", "valid sections"),
+        ("train.lr", "section.key=value"),
+        ("train.deepspeed.zero_stage=5", "zero_stage"),
+    ],
+)
 def test_bad_overrides_are_one_line_errors(override, needle):
     with pytest.raises(ConfigError) as err:
         load_trial_config(None, [override])
@@ -54,12 +57,15 @@ def test_incompatible_combinations_refused():
         load_trial_config(None, ["extensions.cosine_sts=true", "model.pair_encoding=cross"])
 
 
-@pytest.mark.parametrize("text,needle", [
-    ("train: [1, 2\n", "invalid YAML at line"),
-    ("- a\n- b\n", "expected a mapping"),
-    ("train:\n  lr: fast\n", "train.lr"),
-    ("trian:\n  lr: 1.0e-5\n", "unknown key 'trian'"),
-])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("train: [1, 2\n", "invalid YAML at line"),
+        ("- a\n- b\n", "expected a mapping"),
+        ("train:\n  lr: fast\n", "train.lr"),
+        ("trian:\n  lr: 1.0e-5\n", "unknown key 'trian'"),
+    ],
+)
 def test_bad_files(tmp_path, text, needle):
     path = tmp_path / "bad.yaml"
     path.write_text(text)

@@ -1,6 +1,6 @@
 """CS224N parsing, the held-out split, the token cache, length bucketing and the synthetic set.
 
-    .venv/bin/python -m pytest tests/trainables/test_data.py -q
+.venv/bin/python -m pytest tests/trainables/test_data.py -q
 """
 
 from __future__ import annotations
@@ -60,11 +60,13 @@ def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def synth_data(synth_dir: Path, tokenizer: WordPieceTokenizer,
-               tmp_path_factory: pytest.TempPathFactory) -> MultitaskData:
+def synth_data(
+    synth_dir: Path, tokenizer: WordPieceTokenizer, tmp_path_factory: pytest.TempPathFactory
+) -> MultitaskData:
     cache = tmp_path_factory.mktemp("cache")
-    return load_multitask_data(DataConfig(data_dir=str(synth_dir), cache_dir=str(cache)),
-                               tokenizer, "siamese")
+    return load_multitask_data(
+        DataConfig(data_dir=str(synth_dir), cache_dir=str(cache)), tokenizer, "siamese"
+    )
 
 
 def _write(path: Path, lines: list[str]) -> Path:
@@ -76,20 +78,26 @@ def _write(path: Path, lines: list[str]) -> Path:
 
 
 def test_quoted_fields_are_unquoted(tmp_path: Path) -> None:
-    sst = _write(tmp_path / "sst.csv", [
-        "\tid\tsentence\tsentiment",
-        '0\tABC\t"A ""Quoted"" Word , here"\t3',
-        "1\tdef\t plain text \t0",
-    ])
+    sst = _write(
+        tmp_path / "sst.csv",
+        [
+            "\tid\tsentence\tsentiment",
+            '0\tABC\t"A ""Quoted"" Word , here"\t3',
+            "1\tdef\t plain text \t0",
+        ],
+    )
     parsed = read_task_file(sst, "sst")
     assert parsed.texts == [('a "quoted" word , here',), ("plain text",)]
     assert parsed.ids == ["abc", "def"]
     assert parsed.labels == [3, 0]
 
-    quora = _write(tmp_path / "quora.csv", [
-        "\tid\tsentence1\tsentence2\tis_duplicate",
-        '5\tx1\t"What does ""hygge"" mean?"\tIt\'s cozy, right.\t1.0',
-    ])
+    quora = _write(
+        tmp_path / "quora.csv",
+        [
+            "\tid\tsentence1\tsentence2\tis_duplicate",
+            '5\tx1\t"What does ""hygge"" mean?"\tIt\'s cozy, right.\t1.0',
+        ],
+    )
     parsed = read_task_file(quora, "para")
     assert parsed.texts == [('what does "hygge" mean ?', "it 's cozy , right .")]
     assert parsed.labels == [1]
@@ -97,55 +105,87 @@ def test_quoted_fields_are_unquoted(tmp_path: Path) -> None:
 
 def test_preprocess_string_is_the_starter_formula() -> None:
     text = "  Why isn't it  fine,Mr. Smith?? "
-    expected = " ".join(text.lower().replace(".", " .").replace("?", " ?").replace(",", " ,")
-                        .replace("'", " '").split())
+    expected = " ".join(
+        text.lower()
+        .replace(".", " .")
+        .replace("?", " ?")
+        .replace(",", " ,")
+        .replace("'", " '")
+        .split()
+    )
     assert preprocess_string(text) == expected == "why isn 't it fine ,mr . smith ? ?"
 
 
 def test_unusable_rows_are_counted_by_reason(tmp_path: Path) -> None:
-    quora = _write(tmp_path / "q.csv", [
-        "\tid\tsentence1\tsentence2\tis_duplicate",
-        "1\ta\tok one?\tok two?\t0.0",
-        "2\tb\tempty label?\tx\t",
-        "3\tc\tbad label?\tx\tyes",
-        "4\td\tout of range?\tx\t2.0",
-        "5\te\tempty sentence?\t \t1.0",
-        "6\t\tno id?\tx\t1.0",
-        "7\tg\ttoo\tmany\tfields\t1",
-        "8\th\ttoo few",
-        "9\ti\tfine?\talso fine?\t1",
-    ])
+    quora = _write(
+        tmp_path / "q.csv",
+        [
+            "\tid\tsentence1\tsentence2\tis_duplicate",
+            "1\ta\tok one?\tok two?\t0.0",
+            "2\tb\tempty label?\tx\t",
+            "3\tc\tbad label?\tx\tyes",
+            "4\td\tout of range?\tx\t2.0",
+            "5\te\tempty sentence?\t \t1.0",
+            "6\t\tno id?\tx\t1.0",
+            "7\tg\ttoo\tmany\tfields\t1",
+            "8\th\ttoo few",
+            "9\ti\tfine?\talso fine?\t1",
+        ],
+    )
     parsed = read_task_file(quora, "para")
     assert parsed.ids == ["a", "i"] and parsed.labels == [0, 1]
-    assert parsed.dropped == {"empty label": 2, "unparsable label": 1, "label out of range": 1,
-                              "empty sentence": 1, "empty id": 1, "too many fields": 1}
+    assert parsed.dropped == {
+        "empty label": 2,
+        "unparsable label": 1,
+        "label out of range": 1,
+        "empty sentence": 1,
+        "empty id": 1,
+        "too many fields": 1,
+    }
 
-    sts = _write(tmp_path / "s.csv", [
-        "\tid\tsentence1\tsentence2\tsimilarity",
-        "1\ta\tx\ty\t4.2", "2\tb\tx\ty\t5.5", "3\tc\tx\ty\tnan", "4\td\tx\ty\t-0.1",
-    ])
+    sts = _write(
+        tmp_path / "s.csv",
+        [
+            "\tid\tsentence1\tsentence2\tsimilarity",
+            "1\ta\tx\ty\t4.2",
+            "2\tb\tx\ty\t5.5",
+            "3\tc\tx\ty\tnan",
+            "4\td\tx\ty\t-0.1",
+        ],
+    )
     parsed = read_task_file(sts, "sts")
     assert parsed.labels == [4.2] and parsed.dropped == {"label out of range": 3}
 
-    sst = _write(tmp_path / "t.csv", [
-        "\tid\tsentence\tsentiment", "0\ta\tgood\t4", "1\tb\tbad\t5", "2\tc\tmeh\t2.0",
-    ])
+    sst = _write(
+        tmp_path / "t.csv",
+        [
+            "\tid\tsentence\tsentiment",
+            "0\ta\tgood\t4",
+            "1\tb\tbad\t5",
+            "2\tc\tmeh\t2.0",
+        ],
+    )
     parsed = read_task_file(sst, "sst")
-    assert parsed.labels == [4] and parsed.dropped == {"label out of range": 1,
-                                                       "unparsable label": 1}
+    assert parsed.labels == [4] and parsed.dropped == {
+        "label out of range": 1,
+        "unparsable label": 1,
+    }
 
 
-@pytest.mark.parametrize("lines, content, needle", [
-    (None, None, "is missing"),
-    ([], "", "is empty"),
-    (["0\t\tid\tsentence", "0\t0.0\tx\thello"], None, "missing column(s) sentiment"),
-    (["a,b,c", "1,2,3"], None, "is it tab-separated"),
-    (["\tid\tsentence\tsentiment", "0\tx\thello\t9", "1\ty\t\t1"], None, "no usable rows"),
-    (None, b"\tid\tsentence\tsentiment\n0\tx\t\xff\xfe\t1\n", "not UTF-8"),
-])
-def test_bad_files_raise_one_line_config_errors(tmp_path: Path, lines: list[str] | None,
-                                                content: str | bytes | None,
-                                                needle: str) -> None:
+@pytest.mark.parametrize(
+    "lines, content, needle",
+    [
+        (None, None, "is missing"),
+        ([], "", "is empty"),
+        (["0\t\tid\tsentence", "0\t0.0\tx\thello"], None, "missing column(s) sentiment"),
+        (["a,b,c", "1,2,3"], None, "is it tab-separated"),
+        (["\tid\tsentence\tsentiment", "0\tx\thello\t9", "1\ty\t\t1"], None, "no usable rows"),
+        (None, b"\tid\tsentence\tsentiment\n0\tx\t\xff\xfe\t1\n", "not UTF-8"),
+    ],
+)
+def test_bad_files_raise_one_line_config_errors(
+    tmp_path: Path, lines: list[str] | None, content: str | bytes | None, needle: str
+) -> None:
     path = tmp_path / "ids-sst-train.csv"
     if lines is not None:
         _write(path, lines)
@@ -157,16 +197,18 @@ def test_bad_files_raise_one_line_config_errors(tmp_path: Path, lines: list[str]
     assert needle in message and str(path) in message and "\n" not in message
 
 
-def test_missing_folder_file_and_bad_pair_encoding(tmp_path: Path, synth_dir: Path,
-                                                   tokenizer: WordPieceTokenizer) -> None:
+def test_missing_folder_file_and_bad_pair_encoding(
+    tmp_path: Path, synth_dir: Path, tokenizer: WordPieceTokenizer
+) -> None:
     with pytest.raises(ConfigError, match="is not a folder"):
         load_multitask_data(DataConfig(data_dir=str(tmp_path / "nope")), tokenizer, "siamese")
     partial = tmp_path / "partial"
     shutil.copytree(synth_dir, partial)
     (partial / "sts-dev.csv").unlink()
     with pytest.raises(ConfigError, match="sts-dev.csv is missing"):
-        load_multitask_data(DataConfig(data_dir=str(partial), cache_dir=str(tmp_path / "c")),
-                            tokenizer, "siamese")
+        load_multitask_data(
+            DataConfig(data_dir=str(partial), cache_dir=str(tmp_path / "c")), tokenizer, "siamese"
+        )
     (partial / "quora-train.csv").unlink()
     with pytest.raises(ConfigError, match="quora-train.csv or quora-train-partial"):
         task_files(partial, "para")
@@ -194,11 +236,14 @@ def test_real_quora_dev_has_20212_usable_rows() -> None:
 # --- held-out split, caps, cache ---------------------------------------------------------------
 
 
-def test_heldout_split_is_seeded_disjoint_and_order_free(tmp_path: Path, synth_dir: Path,
-                                                         synth_data: MultitaskData,
-                                                         tokenizer: WordPieceTokenizer) -> None:
-    for task, name in (("sst", "ids-sst-train.csv"), ("para", "quora-train.csv"),
-                       ("sts", "sts-train.csv")):
+def test_heldout_split_is_seeded_disjoint_and_order_free(
+    tmp_path: Path, synth_dir: Path, synth_data: MultitaskData, tokenizer: WordPieceTokenizer
+) -> None:
+    for task, name in (
+        ("sst", "ids-sst-train.csv"),
+        ("para", "quora-train.csv"),
+        ("sts", "sts-train.csv"),
+    ):
         all_ids = read_task_file(synth_dir / name, task).ids
         train, test = synth_data.train[task].ids, synth_data.test[task].ids
         assert not set(train) & set(test)
@@ -212,21 +257,31 @@ def test_heldout_split_is_seeded_disjoint_and_order_free(tmp_path: Path, synth_d
     body = lines[1:]
     random.Random(1).shuffle(body)
     (shuffled / "sts-train.csv").write_text("".join([lines[0], *body]))
-    again = load_multitask_data(DataConfig(data_dir=str(shuffled), cache_dir=str(tmp_path / "c")),
-                                tokenizer, "siamese")
+    again = load_multitask_data(
+        DataConfig(data_dir=str(shuffled), cache_dir=str(tmp_path / "c")), tokenizer, "siamese"
+    )
     assert again.test["sts"].ids == synth_data.test["sts"].ids
     assert again.train["sts"].ids == synth_data.train["sts"].ids
 
-    other = load_multitask_data(DataConfig(data_dir=str(synth_dir), split_seed=7,
-                                           cache_dir=str(tmp_path / "c")), tokenizer, "siamese")
+    other = load_multitask_data(
+        DataConfig(data_dir=str(synth_dir), split_seed=7, cache_dir=str(tmp_path / "c")),
+        tokenizer,
+        "siamese",
+    )
     assert set(other.test["sst"].ids) != set(synth_data.test["sst"].ids)
     assert len(other.test["sst"]) == len(synth_data.test["sst"])
 
 
-def test_caps_take_prefixes(tmp_path: Path, synth_dir: Path, synth_data: MultitaskData,
-                            tokenizer: WordPieceTokenizer) -> None:
-    cfg = DataConfig(data_dir=str(synth_dir), cache_dir=str(tmp_path), max_train_examples=50,
-                     max_eval_examples=20, train_eval_examples=10)
+def test_caps_take_prefixes(
+    tmp_path: Path, synth_dir: Path, synth_data: MultitaskData, tokenizer: WordPieceTokenizer
+) -> None:
+    cfg = DataConfig(
+        data_dir=str(synth_dir),
+        cache_dir=str(tmp_path),
+        max_train_examples=50,
+        max_eval_examples=20,
+        train_eval_examples=10,
+    )
     capped = load_multitask_data(cfg, tokenizer, "siamese")
     for task in TASKS:
         assert capped.train[task].ids == synth_data.train[task].ids[:50]
@@ -237,9 +292,9 @@ def test_caps_take_prefixes(tmp_path: Path, synth_dir: Path, synth_data: Multita
         assert torch.equal(capped.train[task].labels, synth_data.train[task].labels[:50])
 
 
-def test_second_load_reads_the_cache(tmp_path: Path, synth_dir: Path,
-                                     tokenizer: WordPieceTokenizer,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_second_load_reads_the_cache(
+    tmp_path: Path, synth_dir: Path, tokenizer: WordPieceTokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg = DataConfig(data_dir=str(synth_dir), cache_dir=str(tmp_path))
     first = load_multitask_data(cfg, tokenizer, "cross")
     files = sorted((tmp_path / "tokens").glob("*.pt"))
@@ -253,9 +308,18 @@ def test_second_load_reads_the_cache(tmp_path: Path, synth_dir: Path,
     monkeypatch.setattr(data_module, "read_task_file", refuse)
     second = load_multitask_data(cfg, tokenizer, "cross")
     _assert_same(first, second)
-    assert second.dropped == first.dropped == {
-        "ids-sst-train.csv": {}, "ids-sst-dev.csv": {}, "quora-train.csv": {"empty label": 2},
-        "quora-dev.csv": {"empty label": 2}, "sts-train.csv": {}, "sts-dev.csv": {}}
+    assert (
+        second.dropped
+        == first.dropped
+        == {
+            "ids-sst-train.csv": {},
+            "ids-sst-dev.csv": {},
+            "quora-train.csv": {"empty label": 2},
+            "quora-dev.csv": {"empty label": 2},
+            "sts-train.csv": {},
+            "sts-dev.csv": {},
+        }
+    )
     assert second.train["para"].type_ids is not None
 
     # Another max_length is another key; sst does not depend on the pair encoding.
@@ -266,8 +330,9 @@ def test_second_load_reads_the_cache(tmp_path: Path, synth_dir: Path,
     assert names == {"sst": 2, "para": 3, "sts": 3}
 
 
-def test_corrupt_cache_is_detected_and_rebuilt(tmp_path: Path, synth_dir: Path,
-                                               tokenizer: WordPieceTokenizer) -> None:
+def test_corrupt_cache_is_detected_and_rebuilt(
+    tmp_path: Path, synth_dir: Path, tokenizer: WordPieceTokenizer
+) -> None:
     cfg = DataConfig(data_dir=str(synth_dir), cache_dir=str(tmp_path))
     first = load_multitask_data(cfg, tokenizer, "siamese")
     files = sorted((tmp_path / "tokens").glob("*.pt"))
@@ -292,33 +357,40 @@ def _assert_same(a: MultitaskData, b: MultitaskData) -> None:
             x, y = a.split(split)[task], b.split(split)[task]
             assert x.ids == y.ids and torch.equal(x.labels, y.labels)
             assert (x.tokens, x.type_ids, x.tokens_a, x.tokens_b) == (
-                y.tokens, y.type_ids, y.tokens_a, y.tokens_b)
+                y.tokens,
+                y.type_ids,
+                y.tokens_a,
+                y.tokens_b,
+            )
 
 
 # --- batching ------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("pair_encoding", ["siamese", "cross"])
-def test_batches_cover_every_example_once(tmp_path: Path, synth_dir: Path,
-                                          tokenizer: WordPieceTokenizer,
-                                          pair_encoding: str) -> None:
-    data = load_multitask_data(DataConfig(data_dir=str(synth_dir), cache_dir=str(tmp_path)),
-                               tokenizer, pair_encoding)
+def test_batches_cover_every_example_once(
+    tmp_path: Path, synth_dir: Path, tokenizer: WordPieceTokenizer, pair_encoding: str
+) -> None:
+    data = load_multitask_data(
+        DataConfig(data_dir=str(synth_dir), cache_dir=str(tmp_path)), tokenizer, pair_encoding
+    )
     for task in TASKS:
         split = data.train[task]
         label_of = dict(zip(split.ids, split.labels.tolist(), strict=True))
         assert len(label_of) == len(split)  # synthetic ids are unique
         for shuffle in (True, False):
             seen: list[str] = []
-            batches = list(split.batches(7, tokenizer, shuffle,
-                                         torch.Generator().manual_seed(3)))
+            batches = list(split.batches(7, tokenizer, shuffle, torch.Generator().manual_seed(3)))
             assert len(batches) == split.num_batches(7) == math.ceil(len(split) / 7)
             for batch in batches:
                 assert batch["task"] == task and 1 <= len(batch["ids"]) <= 7
                 assert batch["labels"].dtype == (torch.float32 if task == "sts" else torch.long)
                 assert batch["labels"].tolist() == [label_of[i] for i in batch["ids"]]
-                keys = ["inputs_a", "inputs_b"] if (task != "sst" and pair_encoding
-                                                    == "siamese") else ["inputs"]
+                keys = (
+                    ["inputs_a", "inputs_b"]
+                    if (task != "sst" and pair_encoding == "siamese")
+                    else ["inputs"]
+                )
                 assert sorted(k for k in batch if k.startswith("inputs")) == keys
                 for key in keys:
                     inputs = batch[key]
@@ -333,7 +405,8 @@ def test_batches_cover_every_example_once(tmp_path: Path, synth_dir: Path,
 
 
 def test_shuffle_follows_the_generator_and_eval_is_sorted(
-        synth_data: MultitaskData, tokenizer: WordPieceTokenizer) -> None:
+    synth_data: MultitaskData, tokenizer: WordPieceTokenizer
+) -> None:
     split = synth_data.train["sst"]
 
     def order(seed: int) -> list[str]:
@@ -351,9 +424,13 @@ def test_bucketing_cuts_padding(tokenizer: WordPieceTokenizer, synth_dir: Path) 
     real = cs224n_dir()
     path = real / "ids-sst-train.csv" if real else synth_dir / "ids-sst-train.csv"
     parsed = read_task_file(path, "sst")
-    split = EncodedSplit("sst", "train", parsed.ids,
-                         torch.tensor(parsed.labels, dtype=torch.long),
-                         tokens=tokenizer.encode([t[0] for t in parsed.texts], 128))
+    split = EncodedSplit(
+        "sst",
+        "train",
+        parsed.ids,
+        torch.tensor(parsed.labels, dtype=torch.long),
+        tokens=tokenizer.encode([t[0] for t in parsed.texts], 128),
+    )
     bucketed = padding_share(split, 16, tokenizer, bucketed=True)
     unsorted = padding_share(split, 16, tokenizer, bucketed=False)
     assert bucketed < 0.05 and unsorted > bucketed
@@ -361,12 +438,14 @@ def test_bucketing_cuts_padding(tokenizer: WordPieceTokenizer, synth_dir: Path) 
         assert unsorted > 0.3
 
 
-def test_siamese_bucketing_cuts_padding(synth_data: MultitaskData,
-                                        tokenizer: WordPieceTokenizer) -> None:
+def test_siamese_bucketing_cuts_padding(
+    synth_data: MultitaskData, tokenizer: WordPieceTokenizer
+) -> None:
     for task in ("para", "sts"):
         split = synth_data.train[task]
-        assert padding_share(split, 16, tokenizer, True) < padding_share(split, 16, tokenizer,
-                                                                          False)
+        assert padding_share(split, 16, tokenizer, True) < padding_share(
+            split, 16, tokenizer, False
+        )
 
 
 # --- the synthetic set ---------------------------------------------------------------------------
@@ -421,9 +500,17 @@ def test_synthetic_set_carries_learnable_signal(synth_dir: Path) -> None:
             counts[word][label] += 1
 
     def predict(text: str) -> int:
-        return max(range(5), key=lambda y: math.log(prior[y]) + sum(
-            math.log((counts[w][y] + 1) / (prior[y] + 2)) for w in set(text.split())
-            if w in counts))
+        return max(
+            range(5),
+            key=lambda y: (
+                math.log(prior[y])
+                + sum(
+                    math.log((counts[w][y] + 1) / (prior[y] + 2))
+                    for w in set(text.split())
+                    if w in counts
+                )
+            ),
+        )
 
     hits = sum(predict(t) == y for (t,), y in zip(dev.texts, dev.labels, strict=True))
     accuracy = hits / len(dev)
@@ -431,14 +518,19 @@ def test_synthetic_set_carries_learnable_signal(synth_dir: Path) -> None:
     # STS and Quora: word overlap tracks the label.
     for name, task, floor in (("sts-dev.csv", "sts", 0.5), ("quora-dev.csv", "para", 0.2)):
         parsed = read_task_file(synth_dir / name, task)
-        overlap = torch.tensor([len(set(a.split()) & set(b.split())) /
-                                len(set(a.split()) | set(b.split())) for a, b in parsed.texts])
+        overlap = torch.tensor(
+            [
+                len(set(a.split()) & set(b.split())) / len(set(a.split()) | set(b.split()))
+                for a, b in parsed.texts
+            ]
+        )
         labels = torch.tensor(parsed.labels, dtype=torch.float32)
         assert torch.corrcoef(torch.stack([overlap, labels]))[0, 1] > floor
 
 
-def test_unset_data_dir_materialises_the_synthetic_set_once(tmp_path: Path,
-                                                            tokenizer: WordPieceTokenizer) -> None:
+def test_unset_data_dir_materialises_the_synthetic_set_once(
+    tmp_path: Path, tokenizer: WordPieceTokenizer
+) -> None:
     cfg = DataConfig(data_dir=None, cache_dir=str(tmp_path), max_train_examples=5)
     data = load_multitask_data(cfg, tokenizer, "siamese")
     assert data.data_dir == tmp_path / "synthetic-v1-seed0"

@@ -1,6 +1,6 @@
 """`download_cs224n` against a real HTTP server on 127.0.0.1 (the internet is not needed).
 
-    .venv/bin/python -m pytest tests/trainables/test_download.py -q
+.venv/bin/python -m pytest tests/trainables/test_download.py -q
 """
 
 from __future__ import annotations
@@ -90,8 +90,7 @@ def test_downloads_verifies_and_is_idempotent(served: tuple[Path, str], tmp_path
 
 
 @pytest.mark.skipif(cs224n_dir() is None, reason="CS224N data folder not present")
-def test_real_files_match_the_official_blob_ids(served: tuple[Path, str],
-                                                tmp_path: Path) -> None:
+def test_real_files_match_the_official_blob_ids(served: tuple[Path, str], tmp_path: Path) -> None:
     root, url = served
     real = cs224n_dir()
     assert real is not None
@@ -112,8 +111,9 @@ def test_checksum_mismatch_writes_nothing(served: tuple[Path, str], tmp_path: Pa
     with pytest.raises(DownloadError) as info:
         download_cs224n(dest, base_url=url, timeout=5, expected=expected)
     message = str(info.value)
-    assert message.startswith("sts-dev.csv: checksum mismatch, expected blob "
-                              f"{expected['sts-dev.csv']} got ")
+    assert message.startswith(
+        f"sts-dev.csv: checksum mismatch, expected blob {expected['sts-dev.csv']} got "
+    )
     assert "nothing was written" in message
     assert not dest.exists()  # the good first file was not written either
 
@@ -134,16 +134,21 @@ def test_unreachable_host_is_a_clear_error(tmp_path: Path) -> None:
         port = sock.getsockname()[1]
     dest = tmp_path / "dest"
     with pytest.raises(DownloadError) as info:
-        download_cs224n(dest, base_url=f"http://127.0.0.1:{port}/data/", timeout=5,
-                        expected={"sts-dev.csv": "0" * 40})
+        download_cs224n(
+            dest,
+            base_url=f"http://127.0.0.1:{port}/data/",
+            timeout=5,
+            expected={"sts-dev.csv": "0" * 40},
+        )
     message = str(info.value)
     assert message.startswith(f"could not reach 127.0.0.1:{port}: ")
     assert message.endswith(f"copy the files by hand into {dest} (see docs/DATA.md)")
     assert "\n" not in message and not dest.exists()
 
 
-def test_existing_different_file_is_never_overwritten(served: tuple[Path, str],
-                                                      tmp_path: Path) -> None:
+def test_existing_different_file_is_never_overwritten(
+    served: tuple[Path, str], tmp_path: Path
+) -> None:
     root, url = served
     expected = _serve(root, SMALL)
     dest = tmp_path / "dest"

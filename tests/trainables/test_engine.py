@@ -146,11 +146,16 @@ def _pcgrad_parity(zero_stage: int) -> None:
     assert moved > 1e-3  # the steps really changed the model
 
 
-
 def _reference_adamw(model: torch.nn.Module, train) -> torch.optim.AdamW:
     """Plain torch AdamW with the engine's hyperparameters: the reference for parity tests."""
-    return torch.optim.AdamW(model.parameters(), lr=train.lr, betas=ADAM_BETAS, eps=ADAM_EPS,
-                             weight_decay=train.weight_decay)
+    return torch.optim.AdamW(
+        model.parameters(),
+        lr=train.lr,
+        betas=ADAM_BETAS,
+        eps=ADAM_EPS,
+        weight_decay=train.weight_decay,
+    )
+
 
 def test_pcgrad_through_deepspeed_matches_plain_torch_zero0(ds_env) -> None:
     _pcgrad_parity(0)

@@ -101,8 +101,9 @@ def test_gradients_match_transformers(minilm_path, batch):
     ours.config.attention_dropout = 1e-9  # takes the training attention path, drops ~nothing
     for layer in ours.encoder.layer:
         layer.attention.self.dropout_p = 1e-9
-    ref = HFBertModel.from_pretrained(str(minilm_path), hidden_dropout_prob=0.0,
-                                      attention_probs_dropout_prob=0.0)
+    ref = HFBertModel.from_pretrained(
+        str(minilm_path), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
     small = {k: v[:4, :24] for k, v in batch.items()}
     real = small["attention_mask"].unsqueeze(-1).float()
     ours.train()
@@ -113,18 +114,25 @@ def test_gradients_match_transformers(minilm_path, batch):
     ((out.last_hidden_state * real).sum() / real.sum() + out.pooler_output.mean()).backward()
 
     layer, ref_layer = ours.encoder.layer[2], ref.encoder.layer[2]
-    ref_qkv = torch.cat([getattr(ref_layer.attention.self, n).weight.grad
-                         for n in ("query", "key", "value")])
+    ref_qkv = torch.cat(
+        [getattr(ref_layer.attention.self, n).weight.grad for n in ("query", "key", "value")]
+    )
     torch.testing.assert_close(layer.attention.self.qkv.weight.grad, ref_qkv, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(layer.output.dense.weight.grad, ref_layer.output.dense.weight.grad,
-                               rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(ours.embeddings.word_embeddings.weight.grad,
-                               ref.embeddings.word_embeddings.weight.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        layer.output.dense.weight.grad, ref_layer.output.dense.weight.grad, rtol=1e-4, atol=1e-6
+    )
+    torch.testing.assert_close(
+        ours.embeddings.word_embeddings.weight.grad,
+        ref.embeddings.word_embeddings.weight.grad,
+        rtol=1e-4,
+        atol=1e-6,
+    )
     assert ours.embeddings.word_embeddings.weight.grad[ours.config.pad_token_id].abs().sum() == 0
 
 
-def test_mean_pooled_embedding_matches_sentence_transformers(ours, tokenizer, cs224n_path,
-                                                             minilm_path):
+def test_mean_pooled_embedding_matches_sentence_transformers(
+    ours, tokenizer, cs224n_path, minilm_path
+):
     from sentence_transformers import SentenceTransformer
 
     sentences = real_sentences(cs224n_path)
@@ -143,7 +151,7 @@ def test_padding_does_not_change_a_sentence(ours, batch):
     n = int(lengths[row])
     with torch.no_grad():
         padded, _ = ours(**batch)
-        alone, pooled_alone = ours(batch["input_ids"][row:row + 1, :n])
+        alone, pooled_alone = ours(batch["input_ids"][row : row + 1, :n])
     torch.testing.assert_close(padded[row, :n], alone[0], rtol=0, atol=1e-5)
 
 
@@ -205,15 +213,22 @@ def test_dropout_is_active_only_in_training(ours, batch):
 
 
 def test_from_config_is_seeded_and_initialised_as_bert():
-    config = BertConfig(vocab_size=50, hidden_size=16, num_layers=2, num_heads=4,
-                        intermediate_size=32, max_position_embeddings=20)
+    config = BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_layers=2,
+        num_heads=4,
+        intermediate_size=32,
+        max_position_embeddings=20,
+    )
     a = BertModel.from_config(config, seed=3)
     b = BertModel.from_config(config, seed=3)
     c = BertModel.from_config(config, seed=4)
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(pa, pb), name
-    assert not torch.equal(a.encoder.layer[0].attention.self.qkv.weight,
-                           c.encoder.layer[0].attention.self.qkv.weight)
+    assert not torch.equal(
+        a.encoder.layer[0].attention.self.qkv.weight, c.encoder.layer[0].attention.self.qkv.weight
+    )
     assert torch.equal(a.embeddings.LayerNorm.weight, torch.ones(16))
     assert torch.equal(a.encoder.layer[1].output.dense.bias, torch.zeros(16))
     assert torch.equal(a.embeddings.word_embeddings.weight[0], torch.zeros(16))
@@ -232,9 +247,17 @@ def test_mean_pool_ignores_padding():
 
 
 def test_too_long_input_is_refused():
-    model = BertModel.from_config(BertConfig(vocab_size=10, hidden_size=8, num_layers=1,
-                                             num_heads=2, intermediate_size=8,
-                                             max_position_embeddings=4), seed=0)
+    model = BertModel.from_config(
+        BertConfig(
+            vocab_size=10,
+            hidden_size=8,
+            num_layers=1,
+            num_heads=2,
+            intermediate_size=8,
+            max_position_embeddings=4,
+        ),
+        seed=0,
+    )
     with pytest.raises(ValueError, match="max_position_embeddings"):
         model(torch.ones(1, 5, dtype=torch.long))
 
@@ -244,16 +267,20 @@ def test_heads_must_divide_hidden_size():
         BertConfig(hidden_size=30, num_heads=4)
 
 
-@pytest.mark.parametrize("field, value, match", [
-    ("hidden_act", "gelu_new", "hidden_act"),
-    ("position_embedding_type", "relative_key", "position_embedding_type"),
-    ("model_type", "roberta", "model_type"),
-    ("num_attention_heads", 5, "num_heads"),
-    ("hidden_dropout_prob", 1.5, "hidden_dropout"),
-    ("num_hidden_layers", "six", "num_layers"),
-])
-def test_config_json_refuses_what_the_encoder_does_not_implement(tmp_path, minilm_path, field,
-                                                                 value, match):
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("hidden_act", "gelu_new", "hidden_act"),
+        ("position_embedding_type", "relative_key", "position_embedding_type"),
+        ("model_type", "roberta", "model_type"),
+        ("num_attention_heads", 5, "num_heads"),
+        ("hidden_dropout_prob", 1.5, "hidden_dropout"),
+        ("num_hidden_layers", "six", "num_layers"),
+    ],
+)
+def test_config_json_refuses_what_the_encoder_does_not_implement(
+    tmp_path, minilm_path, field, value, match
+):
     raw = json.loads((minilm_path / "config.json").read_text())
     raw[field] = value
     path = tmp_path / "config.json"

@@ -14,10 +14,14 @@ FALLBACK_PAIRS = [
     ("A man is playing a guitar.", "A man plays the guitar on stage."),
     ("How do I learn Python quickly?", "What is the fastest way to learn Python?"),
     ("Two black dogs are playing on the grass.", "Two black dogs are playing in a grassy plain."),
-    ("UN chief welcomes peaceful presidential elections in Guinea",
-     "UN chief condemns attack against peacekeepers in Mali"),
-    ("It 's a lovely film with lovely performances by Buy and Accorsi .",
-     "No one goes unindicted here , which is probably for the best ."),
+    (
+        "UN chief welcomes peaceful presidential elections in Guinea",
+        "UN chief condemns attack against peacekeepers in Mali",
+    ),
+    (
+        "It 's a lovely film with lovely performances by Buy and Accorsi .",
+        "No one goes unindicted here , which is probably for the best .",
+    ),
     ("Ça coûte combien ? naïve café, 東京", "Don't split\tthese   spaces -LRB- sic -RRB-"),
     ("", "An empty first sentence."),
     ("supercalifragilisticexpialidocious antidisestablishmentarianism", "ok"),
@@ -31,8 +35,9 @@ def load_sentences(cs224n_path) -> tuple[list[str], list[tuple[str, str]]]:
     with open(cs224n_path / "ids-sst-dev.csv", newline="") as fp:
         singles = [row["sentence"] for row in csv.DictReader(fp, delimiter="\t")][:200]
     with open(cs224n_path / "sts-dev.csv", newline="") as fp:
-        pairs = [(row["sentence1"], row["sentence2"])
-                 for row in csv.DictReader(fp, delimiter="\t")][:150]
+        pairs = [
+            (row["sentence1"], row["sentence2"]) for row in csv.DictReader(fp, delimiter="\t")
+        ][:150]
     return singles + [s for pair in pairs[:50] for s in pair], pairs
 
 
@@ -53,8 +58,9 @@ def test_single_sentences_match_transformers(ours, reference, cs224n_path, max_l
     singles, _ = load_sentences(cs224n_path)
     if cs224n_path is not None:
         assert len(singles) >= 200
-    expected = reference(singles, truncation=True, max_length=max_length,
-                         padding=False)["input_ids"]
+    expected = reference(singles, truncation=True, max_length=max_length, padding=False)[
+        "input_ids"
+    ]
     got = ours.encode(singles, max_length=max_length)
     assert got == expected
     if max_length == 12:

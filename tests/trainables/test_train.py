@@ -19,10 +19,19 @@ from trainables.minbert.train import (
 )
 
 TINY = [
-    "model.checkpoint=random", "model.hidden_size=32", "model.num_layers=2", "model.num_heads=2",
-    "model.intermediate_size=64", "model.dropout=0.1", "data.max_length=32",
-    "data.max_train_examples=48", "data.max_eval_examples=24", "data.train_eval_examples=16",
-    "train.batch_size=8", "train.lr=1e-3", "train.evals_per_epoch=2",
+    "model.checkpoint=random",
+    "model.hidden_size=32",
+    "model.num_layers=2",
+    "model.num_heads=2",
+    "model.intermediate_size=64",
+    "model.dropout=0.1",
+    "data.max_length=32",
+    "data.max_train_examples=48",
+    "data.max_eval_examples=24",
+    "data.train_eval_examples=16",
+    "train.batch_size=8",
+    "train.lr=1e-3",
+    "train.evals_per_epoch=2",
 ]
 
 
@@ -46,7 +55,9 @@ class Recorder(TrainerCallback):
 
 
 def losses(rec: Recorder) -> list[tuple[int, float, float, float]]:
-    return [(s["step"], s.get("loss_sst"), s.get("loss_para"), s.get("loss_sts")) for s in rec.steps]
+    return [
+        (s["step"], s.get("loss_sst"), s.get("loss_para"), s.get("loss_sts")) for s in rec.steps
+    ]
 
 
 def test_two_step_seeded_run_is_reproducible(tmp_path):
@@ -59,8 +70,16 @@ def test_two_step_seeded_run_is_reproducible(tmp_path):
     assert all(math.isfinite(v) for s in losses(a) for v in s[1:])
     # a different seed takes a different path
     c = Recorder()
-    train_trial(tiny("train.max_steps=2", "extensions.pcgrad=true", "extensions.cosine_sts=true",
-                     "train.seed=3"), tmp_path / "c", callbacks=[c])
+    train_trial(
+        tiny(
+            "train.max_steps=2",
+            "extensions.pcgrad=true",
+            "extensions.cosine_sts=true",
+            "train.seed=3",
+        ),
+        tmp_path / "c",
+        callbacks=[c],
+    )
     assert losses(c) != losses(a)
 
 
@@ -78,13 +97,26 @@ def test_run_folder_outputs(tmp_path):
     for split in ("dev", "train", "test"):
         for m in ("sst_acc", "para_acc", "sts_r", "overall"):
             assert math.isfinite(saved[f"{split}_{m}"])
-        overall = (saved[f"{split}_sst_acc"] + saved[f"{split}_para_acc"]
-                   + (saved[f"{split}_sts_r"] + 1) / 2) / 3
+        overall = (
+            saved[f"{split}_sst_acc"]
+            + saved[f"{split}_para_acc"]
+            + (saved[f"{split}_sts_r"] + 1) / 2
+        ) / 3
         assert saved[f"{split}_overall"] == pytest.approx(overall)
-    for name in ("sst-dev-output.csv", "para-dev-output.csv", "sts-dev-output.csv",
-                 "sst-test-output.csv", "para-test-output.csv", "sts-test-output.csv"):
+    for name in (
+        "sst-dev-output.csv",
+        "para-dev-output.csv",
+        "sts-dev-output.csv",
+        "sst-test-output.csv",
+        "para-test-output.csv",
+        "sts-test-output.csv",
+    ):
         assert (run / "predictions" / name).is_file()
-    assert (run / "predictions" / "sst-dev-output.csv").read_text().startswith("id \t Predicted_Sentiment ")
+    assert (
+        (run / "predictions" / "sst-dev-output.csv")
+        .read_text()
+        .startswith("id \t Predicted_Sentiment ")
+    )
     assert list((run / "tb").rglob("events.out.tfevents.*"))
     assert find_checkpoint(run).name.startswith("step-")
 
@@ -101,8 +133,9 @@ def test_resume_continues_with_identical_steps(tmp_path):
     resumed = Recorder()
     train_trial(cfg, tmp_path / "crash", callbacks=[resumed], resume_from=tmp_path / "crash")
     assert resumed.steps[0]["step"] == done + 1
-    torch.testing.assert_close(torch.tensor(losses(resumed)), torch.tensor(losses(full)[done:]),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        torch.tensor(losses(resumed)), torch.tensor(losses(full)[done:]), rtol=0, atol=0
+    )
     assert resumed.evals[-1]["dev_overall"] == pytest.approx(full.evals[-1]["dev_overall"], abs=0)
 
 

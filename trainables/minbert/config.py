@@ -47,7 +47,9 @@ class DataConfig(_Strict):
     max_train_examples: int | None = Field(None, gt=0)  # per task, after the split (budgets)
     max_eval_examples: int | None = Field(None, gt=0)  # per task and eval split (budgets)
     train_eval_examples: int = Field(1000, gt=0)  # train subset scored as "train" metrics
-    cache_dir: str | None = None  # tokenised splits; None: $XDG_CACHE_HOME/hpsearch or ~/.cache/hpsearch
+    cache_dir: str | None = (
+        None  # tokenised splits; None: $XDG_CACHE_HOME/hpsearch or ~/.cache/hpsearch
+    )
 
 
 class DeepSpeedConfig(_Strict):
@@ -67,7 +69,9 @@ class TrainConfig(_Strict):
     evals_per_epoch: int = Field(2, ge=1)  # dev evaluations (and reports) per epoch
     max_steps: int | None = Field(None, ge=1)  # stop after this many multitask steps (smoke runs)
     eval_batch_size: int = Field(64, ge=1)
-    checkpoint_every_evals: int = Field(1, ge=0)  # checkpoint at every n-th evaluation; 0: only at the end
+    checkpoint_every_evals: int = Field(
+        1, ge=0
+    )  # checkpoint at every n-th evaluation; 0: only at the end
     keep_checkpoints: int = Field(2, ge=1)  # newest complete checkpoints kept in the run directory
     num_workers: int = Field(1, ge=1)  # data-parallel DeepSpeed workers (set by the sweep)
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
@@ -137,7 +141,9 @@ def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
 def parse_override(text: str) -> tuple[str, Any]:
     """'train.lr=2e-5' -> ("train.lr", 2e-05); values are read as YAML scalars."""
     if "=" not in text:
-        raise ConfigError(f"override '{text}' is not of the form section.key=value (e.g. train.lr=2e-5)")
+        raise ConfigError(
+            f"override '{text}' is not of the form section.key=value (e.g. train.lr=2e-5)"
+        )
     key, raw = text.split("=", 1)
     key = key.strip()
     try:
@@ -150,12 +156,15 @@ def parse_override(text: str) -> tuple[str, Any]:
         except ValueError:
             pass
     if isinstance(value, (dict, list)):
-        raise ConfigError(f"override '{text}': give a single value, not a YAML {type(value).__name__}")
+        raise ConfigError(
+            f"override '{text}': give a single value, not a YAML {type(value).__name__}"
+        )
     return key, value
 
 
-def build_trial_config(tree: dict[str, Any] | None = None, flat: dict[str, Any] | None = None,
-                       source: str = "config") -> TrialConfig:
+def build_trial_config(
+    tree: dict[str, Any] | None = None, flat: dict[str, Any] | None = None, source: str = "config"
+) -> TrialConfig:
     """Validate a nested tree plus dotted `flat` values into a TrialConfig, or raise ConfigError."""
     merged: dict[str, Any] = _deepcopy(tree or {})
     for key, value in (flat or {}).items():
@@ -166,7 +175,9 @@ def build_trial_config(tree: dict[str, Any] | None = None, flat: dict[str, Any] 
         raise ConfigError(f"{source}: {format_validation_error(exc)}") from None
 
 
-def load_trial_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrialConfig:
+def load_trial_config(
+    path: str | Path | None = None, overrides: list[str] | None = None
+) -> TrialConfig:
     """Read a YAML trial config (optional) and apply dotted overrides."""
     tree: dict[str, Any] = {}
     source = "overrides"
@@ -180,11 +191,15 @@ def load_trial_config(path: str | Path | None = None, overrides: list[str] | Non
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"{path}: invalid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+            raise ConfigError(
+                f"{path}: invalid YAML{where}: {getattr(exc, 'problem', exc)}"
+            ) from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections (model, data, train, extensions)")
+            raise ConfigError(
+                f"{path}: expected a mapping of sections (model, data, train, extensions)"
+            )
         tree = loaded
     flat = dict(parse_override(o) for o in (overrides or []))
     return build_trial_config(tree, flat, source=source)

@@ -56,8 +56,12 @@ class _TaskFiles:
 
 _FILES = {
     "sst": _TaskFiles(("ids-sst-train.csv",), "ids-sst-dev.csv", ("sentence",), "sentiment"),
-    "para": _TaskFiles(("quora-train.csv", QUORA_PARTIAL), "quora-dev.csv",
-                       ("sentence1", "sentence2"), "is_duplicate"),
+    "para": _TaskFiles(
+        ("quora-train.csv", QUORA_PARTIAL),
+        "quora-dev.csv",
+        ("sentence1", "sentence2"),
+        "is_duplicate",
+    ),
     "sts": _TaskFiles(("sts-train.csv",), "sts-dev.csv", ("sentence1", "sentence2"), "similarity"),
 }
 
@@ -116,8 +120,10 @@ def read_task_file(path: str | Path, task: str) -> ParsedFile:
     spec = _FILES[task]
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path} is missing: put the CS224N files there "
-                          "(`hpsearch data download --dest DIR`, see docs/DATA.md)")
+        raise ConfigError(
+            f"{path} is missing: put the CS224N files there "
+            "(`hpsearch data download --dest DIR`, see docs/DATA.md)"
+        )
     ids: list[str] = []
     texts: list[tuple[str, ...]] = []
     labels: list[Any] = []
@@ -127,15 +133,21 @@ def read_task_file(path: str | Path, task: str) -> ParsedFile:
             reader = csv.DictReader(fp, delimiter="\t")
             header = reader.fieldnames
             if not header:
-                raise ConfigError(f"{path} is empty: expected a tab-separated header line "
-                                  f"with columns id, {', '.join(spec.texts)}, {spec.label}")
+                raise ConfigError(
+                    f"{path} is empty: expected a tab-separated header line "
+                    f"with columns id, {', '.join(spec.texts)}, {spec.label}"
+                )
             missing = [c for c in ("id", *spec.texts, spec.label) if c not in header]
             if missing:
-                hint = (" (test-student files carry no labels: use the train/dev file)"
-                        if missing == [spec.label] else
-                        " (is it tab-separated, and the right file for this task?)")
-                raise ConfigError(f"{path}: missing column(s) {', '.join(missing)}; header has "
-                                  f"{', '.join(repr(h) for h in header)}{hint}")
+                hint = (
+                    " (test-student files carry no labels: use the train/dev file)"
+                    if missing == [spec.label]
+                    else " (is it tab-separated, and the right file for this task?)"
+                )
+                raise ConfigError(
+                    f"{path}: missing column(s) {', '.join(missing)}; header has "
+                    f"{', '.join(repr(h) for h in header)}{hint}"
+                )
             for row in reader:
                 reason = None
                 label = None
@@ -157,14 +169,17 @@ def read_task_file(path: str | Path, task: str) -> ParsedFile:
                 texts.append(tuple(norm))
                 labels.append(label)
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}): "
-                          "use the original CS224N file") from None
+        raise ConfigError(
+            f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}): "
+            "use the original CS224N file"
+        ) from None
     except csv.Error as exc:
         raise ConfigError(f"{path}: unreadable CSV at line {reader.line_num}: {exc}") from None
     if not ids:
         why = ", ".join(f"{n} {r}" for r, n in sorted(dropped.items())) or "no data rows"
-        raise ConfigError(f"{path} has no usable rows ({why}): check that it is the CS224N "
-                          f"{task} file")
+        raise ConfigError(
+            f"{path} has no usable rows ({why}): check that it is the CS224N {task} file"
+        )
     if dropped:
         log.info("%s: dropped %s", path.name, dict(dropped))
     return ParsedFile(path, ids, texts, labels, dict(sorted(dropped.items())))
@@ -185,12 +200,16 @@ def task_files(data_dir: Path, task: str) -> tuple[Path, Path, list[str]]:
             break
     else:
         names = " or ".join(spec.train)
-        raise ConfigError(f"{data_dir} has no {names}: put the CS224N files there "
-                          "(`hpsearch data download --dest DIR`, see docs/DATA.md), or unset "
-                          "data.data_dir to use the synthetic set")
+        raise ConfigError(
+            f"{data_dir} has no {names}: put the CS224N files there "
+            "(`hpsearch data download --dest DIR`, see docs/DATA.md), or unset "
+            "data.data_dir to use the synthetic set"
+        )
     if train.name == QUORA_PARTIAL:
-        notes.append(f"quora train is {QUORA_PARTIAL}, the first 10% of the official "
-                     "quora-train.csv: paraphrase scores will be below published numbers")
+        notes.append(
+            f"quora train is {QUORA_PARTIAL}, the first 10% of the official "
+            "quora-train.csv: paraphrase scores will be below published numbers"
+        )
     return train, data_dir / spec.dev, notes
 
 
@@ -200,6 +219,7 @@ def task_files(data_dir: Path, task: str) -> tuple[Path, Path, list[str]]:
 
 def split_order(ids: Sequence[str], seed: int, salt: str) -> list[int]:
     """A seeded shuffle of row indices that depends only on (seed, salt, each row's id)."""
+
     def key(i: int) -> tuple[bytes, int]:
         return hashlib.sha256(f"{seed}\0{salt}\0{ids[i]}".encode()).digest(), i
 
@@ -247,8 +267,10 @@ class EncodedSplit:
         if self.tokens_a is not None and self.tokens_b is not None:
             # Both sentences are padded separately: sorting by the longer one, then by the
             # first, keeps both paddings small (measured on Quora train: 15% vs 26% for a+b).
-            self.sort_keys = [max(len(a), len(b)) * 1024 + len(a)
-                              for a, b in zip(self.tokens_a, self.tokens_b, strict=True)]
+            self.sort_keys = [
+                max(len(a), len(b)) * 1024 + len(a)
+                for a, b in zip(self.tokens_a, self.tokens_b, strict=True)
+            ]
         else:
             self.sort_keys = [len(t) for t in seqs[0]]
 
@@ -272,13 +294,24 @@ class EncodedSplit:
         def pick(seqs: list[list[int]] | None) -> list[list[int]] | None:
             return None if seqs is None else [seqs[i] for i in idx]
 
-        return EncodedSplit(self.task, split or self.split, [self.ids[i] for i in idx],
-                            self.labels[torch.as_tensor(idx, dtype=torch.long)],
-                            pick(self.tokens), pick(self.type_ids), pick(self.tokens_a),
-                            pick(self.tokens_b))
+        return EncodedSplit(
+            self.task,
+            split or self.split,
+            [self.ids[i] for i in idx],
+            self.labels[torch.as_tensor(idx, dtype=torch.long)],
+            pick(self.tokens),
+            pick(self.type_ids),
+            pick(self.tokens_a),
+            pick(self.tokens_b),
+        )
 
-    def batches(self, batch_size: int, tokenizer: WordPieceTokenizer, shuffle: bool,
-                generator: torch.Generator | None = None) -> Iterator[Batch]:
+    def batches(
+        self,
+        batch_size: int,
+        tokenizer: WordPieceTokenizer,
+        shuffle: bool,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[Batch]:
         """Yield padded batches covering every example exactly once.
 
         Args:
@@ -312,9 +345,14 @@ class EncodedSplit:
         return batch
 
 
-def batch_indices(sort_keys: Sequence[int], batch_size: int, shuffle: bool,
-                  generator: torch.Generator | None = None, bucket: bool = True,
-                  chunk_batches: int = CHUNK_BATCHES) -> list[list[int]]:
+def batch_indices(
+    sort_keys: Sequence[int],
+    batch_size: int,
+    shuffle: bool,
+    generator: torch.Generator | None = None,
+    bucket: bool = True,
+    chunk_batches: int = CHUNK_BATCHES,
+) -> list[list[int]]:
     """Cut example indices 0..len(sort_keys)-1 into batches; each appears exactly once.
 
     shuffle=True: shuffle, sort by key (length) inside chunks of `chunk_batches` batches (so a
@@ -326,21 +364,26 @@ def batch_indices(sort_keys: Sequence[int], batch_size: int, shuffle: bool,
     n = len(sort_keys)
     if not shuffle:
         order = sorted(range(n), key=lambda i: -sort_keys[i])
-        return [order[s:s + batch_size] for s in range(0, n, batch_size)]
+        return [order[s : s + batch_size] for s in range(0, n, batch_size)]
     perm = torch.randperm(n, generator=generator).tolist()
     if not bucket:
-        return [perm[s:s + batch_size] for s in range(0, n, batch_size)]
+        return [perm[s : s + batch_size] for s in range(0, n, batch_size)]
     chunk = batch_size * chunk_batches
     batches: list[list[int]] = []
     for start in range(0, n, chunk):
-        part = sorted(perm[start:start + chunk], key=sort_keys.__getitem__)
-        batches.extend(part[s:s + batch_size] for s in range(0, len(part), batch_size))
+        part = sorted(perm[start : start + chunk], key=sort_keys.__getitem__)
+        batches.extend(part[s : s + batch_size] for s in range(0, len(part), batch_size))
     order = torch.randperm(len(batches), generator=generator).tolist()
     return [batches[i] for i in order]
 
 
-def padding_share(split: EncodedSplit, batch_size: int, tokenizer: WordPieceTokenizer,
-                  bucketed: bool, seed: int = 0) -> float:
+def padding_share(
+    split: EncodedSplit,
+    batch_size: int,
+    tokenizer: WordPieceTokenizer,
+    bucketed: bool,
+    seed: int = 0,
+) -> float:
     """Share of padded positions over all positions of one shuffled pass of training batches."""
     gen = torch.Generator().manual_seed(seed)
     pads = total = 0
@@ -386,8 +429,9 @@ def default_cache_root() -> Path:
     return Path(base).expanduser() / "hpsearch"
 
 
-def load_multitask_data(cfg: DataConfig, tokenizer: WordPieceTokenizer,
-                        pair_encoding: str) -> MultitaskData:
+def load_multitask_data(
+    cfg: DataConfig, tokenizer: WordPieceTokenizer, pair_encoding: str
+) -> MultitaskData:
     """Parse, split, tokenise (or read the token cache) and cap the three tasks.
 
     Args:
@@ -400,29 +444,35 @@ def load_multitask_data(cfg: DataConfig, tokenizer: WordPieceTokenizer,
         ConfigError: a missing folder or file, a malformed file, an unknown pair encoding.
     """
     if pair_encoding not in PAIR_ENCODINGS:
-        raise ConfigError(f"pair encoding '{pair_encoding}' is unknown: "
-                          f"set model.pair_encoding to one of {', '.join(PAIR_ENCODINGS)}")
+        raise ConfigError(
+            f"pair encoding '{pair_encoding}' is unknown: "
+            f"set model.pair_encoding to one of {', '.join(PAIR_ENCODINGS)}"
+        )
     cache_root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_root()
     if cfg.data_dir is None:
         data_dir = ensure_synthetic_dataset(cache_root)
     else:
         data_dir = Path(cfg.data_dir).expanduser()
         if not data_dir.is_dir():
-            raise ConfigError(f"data.data_dir {data_dir} is not a folder: download the CS224N "
-                              "files there (`hpsearch data download --dest DIR`), or unset it "
-                              "to use the synthetic set")
+            raise ConfigError(
+                f"data.data_dir {data_dir} is not a folder: download the CS224N "
+                "files there (`hpsearch data download --dest DIR`), or unset it "
+                "to use the synthetic set"
+            )
     data = MultitaskData({}, {}, {}, {}, {}, [], data_dir)
     if cfg.data_dir is None:
         data.notes.append(f"synthetic data set at {data_dir} (data.data_dir is unset)")
     for task in TASKS:
-        full, payload = _load_task(task, data_dir, cfg, tokenizer, pair_encoding,
-                                   cache_root / "tokens")
+        full, payload = _load_task(
+            task, data_dir, cfg, tokenizer, pair_encoding, cache_root / "tokens"
+        )
         train = full["train"].head(cfg.max_train_examples)
         data.train[task] = train
         data.dev[task] = full["dev"].head(cfg.max_eval_examples)
         data.test[task] = full["test"].head(cfg.max_eval_examples)
-        data.train_eval[task] = train.select(range(min(len(train), cfg.train_eval_examples)),
-                                             split="train_eval")
+        data.train_eval[task] = train.select(
+            range(min(len(train), cfg.train_eval_examples)), split="train_eval"
+        )
         data.dropped.update(payload["dropped"])
         data.notes.extend(payload["notes"])
     for note in data.notes:
@@ -430,14 +480,21 @@ def load_multitask_data(cfg: DataConfig, tokenizer: WordPieceTokenizer,
     return data
 
 
-def _load_task(task: str, data_dir: Path, cfg: DataConfig, tokenizer: WordPieceTokenizer,
-               pair_encoding: str, cache_dir: Path
-               ) -> tuple[dict[str, EncodedSplit], dict[str, Any]]:
+def _load_task(
+    task: str,
+    data_dir: Path,
+    cfg: DataConfig,
+    tokenizer: WordPieceTokenizer,
+    pair_encoding: str,
+    cache_dir: Path,
+) -> tuple[dict[str, EncodedSplit], dict[str, Any]]:
     """The full (uncapped) train/dev/test splits of one task, and the cache payload."""
     train_path, dev_path, notes = task_files(data_dir, task)
     if not dev_path.is_file():
-        raise ConfigError(f"{dev_path} is missing: put the CS224N files there "
-                          "(`hpsearch data download --dest DIR`, see docs/DATA.md)")
+        raise ConfigError(
+            f"{dev_path} is missing: put the CS224N files there "
+            "(`hpsearch data download --dest DIR`, see docs/DATA.md)"
+        )
     key = _cache_key(task, train_path, dev_path, cfg, tokenizer, pair_encoding)
     cache_file = cache_dir / f"{task}-{key[:40]}.pt"
     cached = _read_cache(task, cache_file, key)
@@ -464,8 +521,14 @@ def _load_task(task: str, data_dir: Path, cfg: DataConfig, tokenizer: WordPieceT
     return _unpack_splits(task, payload), payload
 
 
-def _encode(task: str, parsed: ParsedFile, order: list[int], tokenizer: WordPieceTokenizer,
-            max_length: int, mode: str) -> dict[str, Any]:
+def _encode(
+    task: str,
+    parsed: ParsedFile,
+    order: list[int],
+    tokenizer: WordPieceTokenizer,
+    max_length: int,
+    mode: str,
+) -> dict[str, Any]:
     """Tokenise the rows `order` of a parsed file into the plain cache form of one split."""
     dtype = torch.float32 if task == "sts" else torch.long
     out: dict[str, Any] = {
@@ -499,12 +562,13 @@ def _pack(seqs: list[list[int]]) -> dict[str, torch.Tensor]:
 def _unpack(packed: dict[str, torch.Tensor]) -> list[list[int]]:
     flat = packed["flat"].tolist()
     offsets = packed["offsets"].tolist()
-    return [flat[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+    return [flat[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
 
 
 def _unpack_split(task: str, split: str, plain: dict[str, Any]) -> EncodedSplit:
-    seqs = {k: _unpack(plain[k]) for k in ("tokens", "type_ids", "tokens_a", "tokens_b")
-            if k in plain}
+    seqs = {
+        k: _unpack(plain[k]) for k in ("tokens", "type_ids", "tokens_a", "tokens_b") if k in plain
+    }
     return EncodedSplit(task, split, list(plain["ids"]), plain["labels"], **seqs)
 
 
@@ -532,8 +596,14 @@ def code_version() -> str:
     return digest.hexdigest()[:16]
 
 
-def _cache_key(task: str, train_path: Path, dev_path: Path, cfg: DataConfig,
-               tokenizer: WordPieceTokenizer, pair_encoding: str) -> str:
+def _cache_key(
+    task: str,
+    train_path: Path,
+    dev_path: Path,
+    cfg: DataConfig,
+    tokenizer: WordPieceTokenizer,
+    pair_encoding: str,
+) -> str:
     material = {
         "code": code_version(),
         "task": task,
@@ -547,8 +617,9 @@ def _cache_key(task: str, train_path: Path, dev_path: Path, cfg: DataConfig,
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
-def _read_cache(task: str, path: Path, key: str
-                ) -> tuple[dict[str, EncodedSplit], dict[str, Any]] | None:
+def _read_cache(
+    task: str, path: Path, key: str
+) -> tuple[dict[str, EncodedSplit], dict[str, Any]] | None:
     """The cached splits and payload, or None when absent; a damaged file is reported."""
     if not path.is_file():
         return None
@@ -562,8 +633,11 @@ def _read_cache(task: str, path: Path, key: str
             raise ValueError("dropped counts or notes are missing")
         return splits, payload
     except Exception as exc:  # torch/pickle/zip raise many types on a damaged file
-        warnings.warn(f"token cache {path} is unreadable ({type(exc).__name__}: {exc}); "
-                      "re-tokenising", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"token cache {path} is unreadable ({type(exc).__name__}: {exc}); re-tokenising",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return None
 
 
@@ -574,8 +648,12 @@ def _write_cache(path: Path, payload: dict[str, Any]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        warnings.warn(f"token cache folder {path.parent} is not writable ({exc}); "
-                      "continuing without a cache", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"token cache folder {path.parent} is not writable ({exc}); "
+            "continuing without a cache",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return
     try:
         with os.fdopen(fd, "wb") as fp:
@@ -583,8 +661,11 @@ def _write_cache(path: Path, payload: dict[str, Any]) -> None:
         os.replace(tmp, path)
     except OSError as exc:  # a full disk must not fail the trial: it only loses the cache
         Path(tmp).unlink(missing_ok=True)
-        warnings.warn(f"could not write token cache {path} ({exc}); continuing without it",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"could not write token cache {path} ({exc}); continuing without it",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -21,8 +21,10 @@ from pathlib import Path
 from trainables.errors import ConfigError
 
 CS224N_COMMIT = "7ac8260577fc12a86c7aaf38918056c30054ef39"
-BASE_URL = (f"https://raw.githubusercontent.com/gpoesia/minbert-default-final-project/"
-            f"{CS224N_COMMIT}/data/")
+BASE_URL = (
+    f"https://raw.githubusercontent.com/gpoesia/minbert-default-final-project/"
+    f"{CS224N_COMMIT}/data/"
+)
 
 # file -> git blob sha1 at CS224N_COMMIT (see /work/shared/data/cs224n/PROVENANCE.md)
 CS224N_FILES = {
@@ -52,9 +54,13 @@ def git_blob_sha1(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
-def download_cs224n(dest: Path, base_url: str = BASE_URL, timeout: float = 30,
-                    expected: dict[str, str] | None = None,
-                    include_cfimdb: bool = False) -> list[Path]:
+def download_cs224n(
+    dest: Path,
+    base_url: str = BASE_URL,
+    timeout: float = 30,
+    expected: dict[str, str] | None = None,
+    include_cfimdb: bool = False,
+) -> list[Path]:
     """Download the CS224N data files into dest and verify them.
 
     Args:
@@ -72,8 +78,11 @@ def download_cs224n(dest: Path, base_url: str = BASE_URL, timeout: float = 30,
         DownloadError: the host is unreachable, a file is missing there, a checksum differs,
             or dest holds a different file of the same name. Nothing is written then.
     """
-    table = dict(expected) if expected is not None else {
-        **CS224N_FILES, **(CFIMDB_FILES if include_cfimdb else {})}
+    table = (
+        dict(expected)
+        if expected is not None
+        else {**CS224N_FILES, **(CFIMDB_FILES if include_cfimdb else {})}
+    )
     dest = Path(dest).expanduser()
     scheme = urllib.parse.urlsplit(base_url).scheme
     if scheme not in ("http", "https"):
@@ -91,7 +100,8 @@ def download_cs224n(dest: Path, base_url: str = BASE_URL, timeout: float = 30,
             if have != blob:
                 raise DownloadError(
                     f"{target} exists with other content (blob {have}, expected {blob}): "
-                    "move it away or pick another --dest; nothing was written")
+                    "move it away or pick another --dest; nothing was written"
+                )
             continue  # already there and verified
         todo.append((name, blob))
 
@@ -100,8 +110,9 @@ def download_cs224n(dest: Path, base_url: str = BASE_URL, timeout: float = 30,
         data = _fetch(base_url + urllib.parse.quote(name), timeout, dest)
         got = git_blob_sha1(data)
         if got != blob:
-            raise DownloadError(f"{name}: checksum mismatch, expected blob {blob} got {got}; "
-                                "nothing was written")
+            raise DownloadError(
+                f"{name}: checksum mismatch, expected blob {blob} got {got}; nothing was written"
+            )
         fetched[name] = data
 
     dest.mkdir(parents=True, exist_ok=True)
@@ -113,8 +124,9 @@ def download_cs224n(dest: Path, base_url: str = BASE_URL, timeout: float = 30,
     except OSError as exc:
         for path in written:
             path.unlink(missing_ok=True)
-        raise DownloadError(f"could not write into {dest}: {exc.strerror or exc}; "
-                            "nothing was kept") from None
+        raise DownloadError(
+            f"could not write into {dest}: {exc.strerror or exc}; nothing was kept"
+        ) from None
     return [dest / name for name in table]
 
 
@@ -125,14 +137,20 @@ def _fetch(url: str, timeout: float, dest: Path) -> bytes:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
             return response.read()
     except urllib.error.HTTPError as exc:
-        raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}; check the URL, or copy the "
-                            f"files by hand into {dest} (see docs/DATA.md)") from None
+        raise DownloadError(
+            f"{url}: HTTP {exc.code} {exc.reason}; check the URL, or copy the "
+            f"files by hand into {dest} (see docs/DATA.md)"
+        ) from None
     except urllib.error.URLError as exc:
-        raise DownloadError(f"could not reach {host}: {_reason(exc.reason)}; copy the files by "
-                            f"hand into {dest} (see docs/DATA.md)") from None
+        raise DownloadError(
+            f"could not reach {host}: {_reason(exc.reason)}; copy the files by "
+            f"hand into {dest} (see docs/DATA.md)"
+        ) from None
     except (http.client.HTTPException, OSError) as exc:  # timeouts, resets, cut transfers
-        raise DownloadError(f"could not reach {host}: {_reason(exc)}; copy the files by hand "
-                            f"into {dest} (see docs/DATA.md)") from None
+        raise DownloadError(
+            f"could not reach {host}: {_reason(exc)}; copy the files by hand "
+            f"into {dest} (see docs/DATA.md)"
+        ) from None
 
 
 def _reason(reason: object) -> str:

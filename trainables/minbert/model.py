@@ -46,19 +46,31 @@ class BertConfig:
     initializer_range: float = 0.02  # std of the normal init (random models only)
 
     # HF config.json name of each field (the names are the same where absent).
-    _HF_NAMES = {"num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
-                 "hidden_dropout": "hidden_dropout_prob",
-                 "attention_dropout": "attention_probs_dropout_prob"}
+    _HF_NAMES = {
+        "num_layers": "num_hidden_layers",
+        "num_heads": "num_attention_heads",
+        "hidden_dropout": "hidden_dropout_prob",
+        "attention_dropout": "attention_probs_dropout_prob",
+    }
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
             integer = f.type == "int"  # a float field accepts 1 for 1.0
             if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
-                raise ConfigError(f"BertConfig.{f.name} must be "
-                                  f"{'an integer' if integer else 'a number'} (got {value!r})")
-        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
-                     "max_position_embeddings", "type_vocab_size"):
+                raise ConfigError(
+                    f"BertConfig.{f.name} must be "
+                    f"{'an integer' if integer else 'a number'} (got {value!r})"
+                )
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "type_vocab_size",
+        ):
             if (value := getattr(self, name)) <= 0:
                 raise ConfigError(f"BertConfig.{name} must be positive (got {value})")
         for name in ("hidden_dropout", "attention_dropout"):
@@ -70,8 +82,9 @@ class BertConfig:
                 f"({self.num_heads}): pick a head count that divides it"
             )
         if not 0 <= self.pad_token_id < self.vocab_size:
-            raise ConfigError(f"BertConfig.pad_token_id ({self.pad_token_id}) must be in "
-                              f"[0, vocab_size)")
+            raise ConfigError(
+                f"BertConfig.pad_token_id ({self.pad_token_id}) must be in [0, vocab_size)"
+            )
 
     @classmethod
     def from_json(cls, path: str | Path) -> BertConfig:
@@ -80,29 +93,39 @@ class BertConfig:
         try:
             raw = json.loads(path.read_text())
         except FileNotFoundError:
-            raise ConfigError(f"{path} is missing: a BERT checkpoint folder needs "
-                              "config.json") from None
+            raise ConfigError(
+                f"{path} is missing: a BERT checkpoint folder needs config.json"
+            ) from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ConfigError(f"{path} is corrupt or not JSON ({exc}): re-download it") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path} must hold a JSON object of BERT settings")
         if raw.get("model_type", "bert") != "bert":
-            raise ConfigError(f"{path}: model_type is {raw['model_type']!r}, "
-                              "only 'bert' is supported")
+            raise ConfigError(
+                f"{path}: model_type is {raw['model_type']!r}, only 'bert' is supported"
+            )
         if raw.get("hidden_act", "gelu") != "gelu":
-            raise ConfigError(f"{path}: hidden_act {raw['hidden_act']!r} is not supported "
-                              "(only 'gelu')")
+            raise ConfigError(
+                f"{path}: hidden_act {raw['hidden_act']!r} is not supported (only 'gelu')"
+            )
         if raw.get("position_embedding_type", "absolute") != "absolute":
-            raise ConfigError(f"{path}: position_embedding_type "
-                              f"{raw['position_embedding_type']!r} is not supported "
-                              "(only 'absolute')")
+            raise ConfigError(
+                f"{path}: position_embedding_type "
+                f"{raw['position_embedding_type']!r} is not supported "
+                "(only 'absolute')"
+            )
         kwargs = {}
         for f in fields(cls):
             hf_name = cls._HF_NAMES.get(f.name, f.name)
             if hf_name in raw and raw[hf_name] is not None:
                 kwargs[f.name] = raw[hf_name]
-            elif f.name in ("vocab_size", "hidden_size", "num_layers", "num_heads",
-                            "intermediate_size"):
+            elif f.name in (
+                "vocab_size",
+                "hidden_size",
+                "num_layers",
+                "num_heads",
+                "intermediate_size",
+            ):
                 raise ConfigError(f"{path} has no '{hf_name}': is it a BERT config.json?")
         try:
             return cls(**kwargs)
@@ -112,8 +135,12 @@ class BertConfig:
     def to_hf_dict(self) -> dict:
         """The config.json content transformers' BertModel reads back."""
         out = {self._HF_NAMES.get(k, k): v for k, v in asdict(self).items()}
-        out.update(model_type="bert", architectures=["BertModel"], hidden_act="gelu",
-                   position_embedding_type="absolute")
+        out.update(
+            model_type="bert",
+            architectures=["BertModel"],
+            hidden_act="gelu",
+            position_embedding_type="absolute",
+        )
         return out
 
 
@@ -168,8 +195,10 @@ class BertEmbeddings(nn.Module):
     def forward(self, input_ids: Tensor, token_type_ids: Tensor | None) -> Tensor:
         T = input_ids.size(1)
         if T > self.position_embeddings.num_embeddings:
-            raise ValueError(f"sequence length {T} exceeds max_position_embeddings "
-                             f"{self.position_embeddings.num_embeddings}: truncate the input")
+            raise ValueError(
+                f"sequence length {T} exceeds max_position_embeddings "
+                f"{self.position_embeddings.num_embeddings}: truncate the input"
+            )
         x = self.word_embeddings(input_ids)  # (B, T, H)
         # Positions are 0..T-1 for every row: a slice of the table, no index tensor needed.
         x = x + self.position_embeddings.weight[:T]  # (B, T, H) + (T, H)
@@ -282,8 +311,12 @@ class BertModel(nn.Module):
         self.encoder = BertEncoder(config)
         self.pooler = BertPooler(config)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-                token_type_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """input_ids, attention_mask (1 = real token, 0 = padding), token_type_ids: (B, T)."""
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
         mask = None  # without padding, attention needs no mask at all
@@ -366,15 +399,18 @@ def _from_hf(raw: dict[str, Tensor], model: BertModel, source: Path) -> dict[str
             continue  # pre-training heads and a buffer of 0..511 we do not need
         if "LayerNorm." in key:  # the original Google checkpoints name LayerNorm gamma/beta
             key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace(
-                "LayerNorm.beta", "LayerNorm.bias")
+                "LayerNorm.beta", "LayerNorm.bias"
+            )
         weights[key] = value
     for prefix in [f"encoder.layer.{i}.attention.self" for i in range(model.config.num_layers)]:
         for kind in ("weight", "bias"):
             parts = [weights.pop(f"{prefix}.{n}.{kind}", None) for n in ("query", "key", "value")]
             if all(p is not None for p in parts):
                 if len({tuple(p.shape) for p in parts}) != 1:
-                    raise ConfigError(f"{source}: {prefix}.query/key/value.{kind} differ in "
-                                      "shape: the file is inconsistent, re-export it")
+                    raise ConfigError(
+                        f"{source}: {prefix}.query/key/value.{kind} differ in "
+                        "shape: the file is inconsistent, re-export it"
+                    )
                 weights[f"{prefix}.qkv.{kind}"] = torch.cat(parts)
             elif any(p is not None for p in parts):
                 n = ("query", "key", "value")[[p is None for p in parts].index(True)]
@@ -388,16 +424,22 @@ def _from_hf(raw: dict[str, Tensor], model: BertModel, source: Path) -> dict[str
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
     if missing:
-        raise ConfigError(f"{source} is missing weight '{_hf_key(missing[0])}'{_more(missing)}: "
-                          "re-download it, or check that it is a BERT checkpoint")
+        raise ConfigError(
+            f"{source} is missing weight '{_hf_key(missing[0])}'{_more(missing)}: "
+            "re-download it, or check that it is a BERT checkpoint"
+        )
     if unexpected:
-        raise ConfigError(f"{source} has unexpected weight '{unexpected[0]}'{_more(unexpected)}: "
-                          "it does not match a BERT encoder of this config.json")
+        raise ConfigError(
+            f"{source} has unexpected weight '{unexpected[0]}'{_more(unexpected)}: "
+            "it does not match a BERT encoder of this config.json"
+        )
     for key, value in weights.items():
         if tuple(value.shape) != tuple(expected[key].shape):
-            raise ConfigError(f"{source}: weight '{_hf_key(key)}' has shape "
-                              f"{tuple(value.shape)}, config.json implies "
-                              f"{tuple(expected[key].shape)}: the files disagree")
+            raise ConfigError(
+                f"{source}: weight '{_hf_key(key)}' has shape "
+                f"{tuple(value.shape)}, config.json implies "
+                f"{tuple(expected[key].shape)}: the files disagree"
+            )
         if not value.is_floating_point():
             raise ConfigError(f"{source}: weight '{key}' is not a float tensor: re-export it")
         weights[key] = value.to(torch.float32).contiguous()

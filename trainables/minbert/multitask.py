@@ -49,8 +49,14 @@ class PairHead(nn.Module):
 
 
 class MultitaskBert(nn.Module):
-    def __init__(self, encoder: BertModel, dropout: float, pair_encoding: str = "siamese",
-                 pooling: str = "mean", cosine_sts: bool = False) -> None:
+    def __init__(
+        self,
+        encoder: BertModel,
+        dropout: float,
+        pair_encoding: str = "siamese",
+        pooling: str = "mean",
+        cosine_sts: bool = False,
+    ) -> None:
         super().__init__()
         hidden = encoder.config.hidden_size
         self.encoder = encoder
@@ -60,7 +66,9 @@ class MultitaskBert(nn.Module):
         siamese = pair_encoding == "siamese"
         self.sst_head = nn.Linear(hidden, NUM_SENTIMENT_CLASSES)
         self.para_head = PairHead(hidden, siamese)
-        self.sts_head: nn.Module = CosineSimilarityHead() if cosine_sts else PairHead(hidden, siamese)
+        self.sts_head: nn.Module = (
+            CosineSimilarityHead() if cosine_sts else PairHead(hidden, siamese)
+        )
         self._cosine_sts = cosine_sts
         for head in (self.sst_head, self.para_head.out):
             nn.init.normal_(head.weight, std=encoder.config.initializer_range)
@@ -90,7 +98,10 @@ class MultitaskBert(nn.Module):
             extra = width - x["input_ids"].shape[1]
             if extra == 0:
                 return x
-            return {k: F.pad(t, (0, extra), value=pad_id if k == "input_ids" else 0) for k, t in x.items()}
+            return {
+                k: F.pad(t, (0, extra), value=pad_id if k == "input_ids" else 0)
+                for k, t in x.items()
+            }
 
         a, b = widen(a), widen(b)
         both = {k: torch.cat([a[k], b[k]]) for k in a}

@@ -47,28 +47,109 @@ HEADERS = {
 # ---------------------------------------------------------------------------------------------
 # SST: graded sentiment
 
-_SUBJECTS = ["the film", "this movie", "the story", "the script", "the performances",
-             "the director 's latest", "the soundtrack", "the final act", "the dialogue",
-             "the cast", "this picture", "the plot", "the screenplay", "the ending",
-             "the lead performance", "this comedy", "the thriller", "the documentary"]
+_SUBJECTS = [
+    "the film",
+    "this movie",
+    "the story",
+    "the script",
+    "the performances",
+    "the director 's latest",
+    "the soundtrack",
+    "the final act",
+    "the dialogue",
+    "the cast",
+    "this picture",
+    "the plot",
+    "the screenplay",
+    "the ending",
+    "the lead performance",
+    "this comedy",
+    "the thriller",
+    "the documentary",
+]
 _GRADED = [
-    ["awful", "dreadful", "terrible", "unwatchable", "painful", "insufferable", "abysmal",
-     "horrendous", "atrocious", "miserable"],
-    ["dull", "tedious", "uneven", "forgettable", "flat", "clumsy", "tiresome", "sluggish",
-     "bland", "lackluster"],
-    ["ordinary", "conventional", "modest", "plain", "standard", "typical", "average",
-     "middling", "routine", "unassuming"],
-    ["enjoyable", "pleasant", "charming", "likable", "engaging", "solid", "amusing",
-     "entertaining", "agreeable", "warm"],
-    ["brilliant", "superb", "wonderful", "masterful", "stunning", "extraordinary",
-     "magnificent", "unforgettable", "dazzling", "exhilarating"],
+    [
+        "awful",
+        "dreadful",
+        "terrible",
+        "unwatchable",
+        "painful",
+        "insufferable",
+        "abysmal",
+        "horrendous",
+        "atrocious",
+        "miserable",
+    ],
+    [
+        "dull",
+        "tedious",
+        "uneven",
+        "forgettable",
+        "flat",
+        "clumsy",
+        "tiresome",
+        "sluggish",
+        "bland",
+        "lackluster",
+    ],
+    [
+        "ordinary",
+        "conventional",
+        "modest",
+        "plain",
+        "standard",
+        "typical",
+        "average",
+        "middling",
+        "routine",
+        "unassuming",
+    ],
+    [
+        "enjoyable",
+        "pleasant",
+        "charming",
+        "likable",
+        "engaging",
+        "solid",
+        "amusing",
+        "entertaining",
+        "agreeable",
+        "warm",
+    ],
+    [
+        "brilliant",
+        "superb",
+        "wonderful",
+        "masterful",
+        "stunning",
+        "extraordinary",
+        "magnificent",
+        "unforgettable",
+        "dazzling",
+        "exhilarating",
+    ],
 ]
 _ADVERBS = ["rather", "quite", "genuinely", "mostly", "consistently", "surprisingly"]
-_OPENERS = ["", "", "", "in the end , ", "frankly , ", "honestly , ", "all told , ",
-            "for better or worse , "]
-_TAILS = ["", "", "", " from start to finish", " for most of its running time",
-          " in almost every scene", " , much like the trailer promised",
-          " , and the audience seemed to agree"]
+_OPENERS = [
+    "",
+    "",
+    "",
+    "in the end , ",
+    "frankly , ",
+    "honestly , ",
+    "all told , ",
+    "for better or worse , ",
+]
+_TAILS = [
+    "",
+    "",
+    "",
+    " from start to finish",
+    " for most of its running time",
+    " in almost every scene",
+    " , much like the trailer promised",
+    " , and the audience seemed to agree",
+]
 _NEGATED = {4: 1, 3: 2, 1: 2, 0: 2}  # "not brilliant" reads somewhat negative, "not awful" neutral
 
 
@@ -102,39 +183,83 @@ def _sst_example(rng: random.Random) -> tuple[str, int]:
 
 # topic -> (synonym sets of actions, objects)
 _TOPICS: dict[str, tuple[list[list[str]], list[str]]] = {
-    "cooking": ([["cook", "make", "prepare"], ["bake", "make"], ["season", "flavor"]],
-                ["rice", "bread", "a steak", "pasta", "vegetable soup", "pancakes"]),
-    "programming": ([["learn", "study", "pick up"], ["master", "get really good at"],
-                     ["debug", "troubleshoot"]],
-                    ["python", "javascript", "data structures", "machine learning", "sql"]),
-    "fitness": ([["build", "develop"], ["improve", "increase"], ["track", "measure"]],
-                ["muscle", "stamina", "flexibility", "core strength", "my running speed"]),
-    "travel": ([["visit", "travel to", "go to"], ["explore", "tour"], ["plan a trip to"]],
-               ["japan", "paris", "the alps", "new york", "iceland", "peru"]),
-    "finance": ([["save", "put aside"], ["invest", "put"], ["earn", "make"]],
-                ["money for retirement", "money in index funds", "extra income online",
-                 "money as a student"]),
-    "music": ([["learn", "learn to play"], ["practice", "rehearse"], ["tune", "adjust"]],
-              ["the guitar", "the piano", "the violin", "the drums", "the ukulele"]),
-    "gardening": ([["grow", "plant", "cultivate"], ["water", "irrigate"], ["prune", "trim"]],
-                  ["tomatoes", "roses", "an apple tree", "herbs indoors", "a lawn"]),
-    "careers": ([["prepare for", "get ready for"], ["pass", "succeed in"], ["find", "land"]],
-                ["a job interview", "a remote job", "an internship", "the bar exam"]),
-    "languages": ([["learn", "study"], ["improve", "get better at"], ["practice", "train"]],
-                  ["spanish", "german", "mandarin", "english pronunciation", "french grammar"]),
-    "health": ([["improve", "get better"], ["fix", "repair"], ["reduce", "lower"]],
-               ["my sleep", "my posture", "my blood pressure", "stress at work"]),
+    "cooking": (
+        [["cook", "make", "prepare"], ["bake", "make"], ["season", "flavor"]],
+        ["rice", "bread", "a steak", "pasta", "vegetable soup", "pancakes"],
+    ),
+    "programming": (
+        [
+            ["learn", "study", "pick up"],
+            ["master", "get really good at"],
+            ["debug", "troubleshoot"],
+        ],
+        ["python", "javascript", "data structures", "machine learning", "sql"],
+    ),
+    "fitness": (
+        [["build", "develop"], ["improve", "increase"], ["track", "measure"]],
+        ["muscle", "stamina", "flexibility", "core strength", "my running speed"],
+    ),
+    "travel": (
+        [["visit", "travel to", "go to"], ["explore", "tour"], ["plan a trip to"]],
+        ["japan", "paris", "the alps", "new york", "iceland", "peru"],
+    ),
+    "finance": (
+        [["save", "put aside"], ["invest", "put"], ["earn", "make"]],
+        [
+            "money for retirement",
+            "money in index funds",
+            "extra income online",
+            "money as a student",
+        ],
+    ),
+    "music": (
+        [["learn", "learn to play"], ["practice", "rehearse"], ["tune", "adjust"]],
+        ["the guitar", "the piano", "the violin", "the drums", "the ukulele"],
+    ),
+    "gardening": (
+        [["grow", "plant", "cultivate"], ["water", "irrigate"], ["prune", "trim"]],
+        ["tomatoes", "roses", "an apple tree", "herbs indoors", "a lawn"],
+    ),
+    "careers": (
+        [["prepare for", "get ready for"], ["pass", "succeed in"], ["find", "land"]],
+        ["a job interview", "a remote job", "an internship", "the bar exam"],
+    ),
+    "languages": (
+        [["learn", "study"], ["improve", "get better at"], ["practice", "train"]],
+        ["spanish", "german", "mandarin", "english pronunciation", "french grammar"],
+    ),
+    "health": (
+        [["improve", "get better"], ["fix", "repair"], ["reduce", "lower"]],
+        ["my sleep", "my posture", "my blood pressure", "stress at work"],
+    ),
 }
-_HOW = ["How can I {a} {o}?", "How do I {a} {o}?", "What is the best way to {a} {o}?",
-        "What are some good ways to {a} {o}?", "What should I do to {a} {o}?",
-        "Is there an easy way to {a} {o}?"]
-_HOW_FAST = ["How can I {a} {o} quickly?", "What is the fastest way to {a} {o}?",
-             "How do I {a} {o} in a short time?", "Quickly, how can I {a} {o}?"]
-_WHY_NOT = ["Why can't I {a} {o}?", "Why is it so hard to {a} {o}?",
-            "Why do I fail to {a} {o}?", "Why is it impossible for me to {a} {o}?"]
+_HOW = [
+    "How can I {a} {o}?",
+    "How do I {a} {o}?",
+    "What is the best way to {a} {o}?",
+    "What are some good ways to {a} {o}?",
+    "What should I do to {a} {o}?",
+    "Is there an easy way to {a} {o}?",
+]
+_HOW_FAST = [
+    "How can I {a} {o} quickly?",
+    "What is the fastest way to {a} {o}?",
+    "How do I {a} {o} in a short time?",
+    "Quickly, how can I {a} {o}?",
+]
+_WHY_NOT = [
+    "Why can't I {a} {o}?",
+    "Why is it so hard to {a} {o}?",
+    "Why do I fail to {a} {o}?",
+    "Why is it impossible for me to {a} {o}?",
+]
 _WORDS = ["serendipity", "ennui", "schadenfreude", "hygge", "saudade", "wanderlust"]
-_WORD_Q = ['What does "{w}" mean?', 'What is the meaning of "{w}"?',
-           'What is the meaning of the word "{w}"?', 'Can someone explain the word "{w}"?']
+_WORD_Q = [
+    'What does "{w}" mean?',
+    'What is the meaning of "{w}"?',
+    'What is the meaning of the word "{w}"?',
+    'Can someone explain the word "{w}"?',
+]
 
 
 def _question(rng: random.Random, topic: str, action: int, obj: int, style: list[str]) -> str:
@@ -148,8 +273,11 @@ def _para_example(rng: random.Random) -> tuple[str, str, int]:
         if rng.random() < 0.5:
             a, b = rng.sample(_WORD_Q, 2)
             return a.format(w=w), b.format(w=w), 1
-        return rng.choice(_WORD_Q).format(w=w), rng.choice(_WORD_Q).format(
-            w=rng.choice([x for x in _WORDS if x != w])), 0
+        return (
+            rng.choice(_WORD_Q).format(w=w),
+            rng.choice(_WORD_Q).format(w=rng.choice([x for x in _WORDS if x != w])),
+            0,
+        )
     topic = rng.choice(sorted(_TOPICS))
     actions, objects = _TOPICS[topic]
     act, obj = rng.randrange(len(actions)), rng.randrange(len(objects))
@@ -179,28 +307,51 @@ def _para_example(rng: random.Random) -> tuple[str, str, int]:
 # ---------------------------------------------------------------------------------------------
 # STS: scene similarity
 
-_AGENTS = [["a man", "a guy"], ["a woman", "a lady"], ["a child", "a kid"], ["a dog", "a puppy"],
-           ["two people", "a couple"], ["an old man", "an elderly man"],
-           ["a girl", "a young girl"],
-           ["a boy", "a young boy"], ["a cat", "a kitten"]]
-_ACTIONS = [(["playing", "strumming"], ["a guitar", "a ukulele", "a banjo"]),
-            (["playing"], ["the piano", "the drums", "a flute"]),
-            (["eating", "having"], ["an apple", "a sandwich", "some noodles", "a pizza"]),
-            (["riding"], ["a bike", "a horse", "a skateboard", "a motorcycle"]),
-            (["reading"], ["a book", "a newspaper", "a letter", "a magazine"]),
-            (["cutting", "slicing"], ["an onion", "a tomato", "a potato", "some bread"]),
-            (["kicking"], ["a ball", "a can", "a stone"]),
-            (["carrying", "holding"], ["a box", "a bag", "a baby", "an umbrella"])]
-_PLACES = [["in the park", "at the park"], ["on the street", "on the road"],
-           ["in the kitchen"], ["on a beach", "by the sea"], ["in a field", "on a meadow"],
-           ["at home", "in the house"], ["on a stage"], ["in the snow"]]
+_AGENTS = [
+    ["a man", "a guy"],
+    ["a woman", "a lady"],
+    ["a child", "a kid"],
+    ["a dog", "a puppy"],
+    ["two people", "a couple"],
+    ["an old man", "an elderly man"],
+    ["a girl", "a young girl"],
+    ["a boy", "a young boy"],
+    ["a cat", "a kitten"],
+]
+_ACTIONS = [
+    (["playing", "strumming"], ["a guitar", "a ukulele", "a banjo"]),
+    (["playing"], ["the piano", "the drums", "a flute"]),
+    (["eating", "having"], ["an apple", "a sandwich", "some noodles", "a pizza"]),
+    (["riding"], ["a bike", "a horse", "a skateboard", "a motorcycle"]),
+    (["reading"], ["a book", "a newspaper", "a letter", "a magazine"]),
+    (["cutting", "slicing"], ["an onion", "a tomato", "a potato", "some bread"]),
+    (["kicking"], ["a ball", "a can", "a stone"]),
+    (["carrying", "holding"], ["a box", "a bag", "a baby", "an umbrella"]),
+]
+_PLACES = [
+    ["in the park", "at the park"],
+    ["on the street", "on the road"],
+    ["in the kitchen"],
+    ["on a beach", "by the sea"],
+    ["in a field", "on a meadow"],
+    ["at home", "in the house"],
+    ["on a stage"],
+    ["in the snow"],
+]
 # level -> (low, high) of the similarity drawn for it
-_STS_RANGES = {5: (4.6, 5.0), 4: (3.6, 4.4), 3: (2.6, 3.4), 2: (1.6, 2.4), 1: (0.6, 1.4),
-               0: (0.0, 0.4)}
+_STS_RANGES = {
+    5: (4.6, 5.0),
+    4: (3.6, 4.4),
+    3: (2.6, 3.4),
+    2: (1.6, 2.4),
+    1: (0.6, 1.4),
+    0: (0.0, 0.4),
+}
 
 
-def _scene(rng: random.Random, agent: int, action: int, obj: int, place: int,
-           inverted: bool = False) -> str:
+def _scene(
+    rng: random.Random, agent: int, action: int, obj: int, place: int, inverted: bool = False
+) -> str:
     who = rng.choice(_AGENTS[agent])
     verbs, objects = _ACTIONS[action]
     what = f"{'are' if who.startswith('two') else 'is'} {rng.choice(verbs)} {objects[obj]}"
@@ -232,13 +383,22 @@ def _sts_example(rng: random.Random) -> tuple[str, str, float]:
         second = _scene(rng, agent, o_action, rng.randrange(len(_ACTIONS[o_action][1])), place)
     elif level == 1:  # only the place in common
         o_action = _other(rng, len(_ACTIONS), action)
-        second = _scene(rng, _other(rng, len(_AGENTS), agent), o_action,
-                        rng.randrange(len(_ACTIONS[o_action][1])), place)
+        second = _scene(
+            rng,
+            _other(rng, len(_AGENTS), agent),
+            o_action,
+            rng.randrange(len(_ACTIONS[o_action][1])),
+            place,
+        )
     else:  # nothing in common
         o_action = _other(rng, len(_ACTIONS), action)
-        second = _scene(rng, _other(rng, len(_AGENTS), agent), o_action,
-                        rng.randrange(len(_ACTIONS[o_action][1])),
-                        _other(rng, len(_PLACES), place))
+        second = _scene(
+            rng,
+            _other(rng, len(_AGENTS), agent),
+            o_action,
+            rng.randrange(len(_ACTIONS[o_action][1])),
+            _other(rng, len(_PLACES), place),
+        )
     low, high = _STS_RANGES[level]
     return first, second, round(rng.uniform(low, high), 2)
 
@@ -257,8 +417,9 @@ def _hex_id(rng: random.Random) -> str:
     return f"{rng.getrandbits(100):025x}"
 
 
-def _generate(rng: random.Random, make: Callable[[random.Random], tuple], count: int,
-              seen: set[tuple]) -> list[tuple]:
+def _generate(
+    rng: random.Random, make: Callable[[random.Random], tuple], count: int, seen: set[tuple]
+) -> list[tuple]:
     """`count` examples whose texts were not generated before (so dev never repeats train)."""
     rows: list[tuple] = []
     attempts = 0
@@ -299,16 +460,18 @@ def write_synthetic_dataset(dest: Path, seed: int = 0, scale: float = 1.0) -> Pa
     return dest
 
 
-def _write_file(path: Path, task: str, rows: list[tuple], rng: random.Random,
-                indices: list[int]) -> None:
+def _write_file(
+    path: Path, task: str, rows: list[tuple], rng: random.Random, indices: list[int]
+) -> None:
     with path.open("w", encoding="utf-8", newline="") as fp:
         writer = csv.writer(fp, delimiter="\t", lineterminator="\n")
         writer.writerow(HEADERS[task])
         malformed = {len(rows) // 3: 0, (2 * len(rows)) // 3: 1} if task == "para" else {}
         for i, row in enumerate(rows):
             if i in malformed:  # written raw: csv.writer would quote these correctly
-                fp.write(_MALFORMED_QUORA[malformed[i]].format(index=indices.pop(),
-                                                               id=_hex_id(rng)))
+                fp.write(
+                    _MALFORMED_QUORA[malformed[i]].format(index=indices.pop(), id=_hex_id(rng))
+                )
             label = row[-1]
             label_text = f"{float(label):.1f}" if task == "para" else str(label)
             writer.writerow([indices.pop(), _hex_id(rng), *row[:-1], label_text])

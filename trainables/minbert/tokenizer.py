@@ -26,7 +26,9 @@ class WordPieceTokenizer:
     def __init__(self, vocab_file: str | Path, lowercase: bool = True) -> None:
         vocab_file = Path(vocab_file)
         if not vocab_file.is_file():
-            raise ConfigError(f"{vocab_file} is missing: a BERT checkpoint folder needs its vocab.txt")
+            raise ConfigError(
+                f"{vocab_file} is missing: a BERT checkpoint folder needs its vocab.txt"
+            )
         raw = vocab_file.read_bytes()
         try:
             self._tok = BertWordPieceTokenizer(str(vocab_file), lowercase=lowercase)
@@ -38,7 +40,9 @@ class WordPieceTokenizer:
         self.pad_id: int = self._tok.token_to_id("[PAD]")
         self.vocab_size: int = self._tok.get_vocab_size()
         # Identifies the tokeniser in cache keys: same vocabulary and casing -> same ids.
-        self.fingerprint: str = hashlib.sha256(raw + f"lowercase={lowercase}".encode()).hexdigest()[:16]
+        self.fingerprint: str = hashlib.sha256(
+            raw + f"lowercase={lowercase}".encode()
+        ).hexdigest()[:16]
 
     @classmethod
     def from_checkpoint(cls, folder: str | Path) -> WordPieceTokenizer:
@@ -53,15 +57,17 @@ class WordPieceTokenizer:
         self._configure(max_length)
         return [e.ids for e in self._tok.encode_batch(list(texts))]
 
-    def encode_pairs(self, first: Sequence[str], second: Sequence[str],
-                     max_length: int) -> tuple[list[list[int]], list[list[int]]]:
+    def encode_pairs(
+        self, first: Sequence[str], second: Sequence[str], max_length: int
+    ) -> tuple[list[list[int]], list[list[int]]]:
         """Packed pairs: (ids, token type ids), longest-first truncation to max_length."""
         self._configure(max_length)
         encs = self._tok.encode_batch(list(zip(first, second, strict=True)))
         return [e.ids for e in encs], [e.type_ids for e in encs]
 
-    def pad(self, ids: Sequence[Sequence[int]],
-            type_ids: Sequence[Sequence[int]] | None = None) -> dict[str, torch.Tensor]:
+    def pad(
+        self, ids: Sequence[Sequence[int]], type_ids: Sequence[Sequence[int]] | None = None
+    ) -> dict[str, torch.Tensor]:
         """Pad a batch to its longest item: input_ids, attention_mask, token_type_ids (B, T)."""
         width = max(len(x) for x in ids)
         batch = len(ids)
@@ -74,13 +80,20 @@ class WordPieceTokenizer:
             attention_mask[i, :n] = 1
             if type_ids is not None:
                 token_type_ids[i, :n] = torch.as_tensor(type_ids[i], dtype=torch.long)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "token_type_ids": token_type_ids,
+        }
 
 
 def tokenizer_for(model: ModelConfig) -> WordPieceTokenizer:
     """The tokenizer of a model config: its checkpoint's vocab.txt; for random init,
     model.vocab_file or else MiniLM's (bert-base-uncased) vocabulary."""
     if model.checkpoint == "random":
-        return WordPieceTokenizer(Path(model.vocab_file) if model.vocab_file
-                                  else resolve_checkpoint_dir("minilm") / "vocab.txt")
+        return WordPieceTokenizer(
+            Path(model.vocab_file)
+            if model.vocab_file
+            else resolve_checkpoint_dir("minilm") / "vocab.txt"
+        )
     return WordPieceTokenizer.from_checkpoint(resolve_checkpoint_dir(model.checkpoint))

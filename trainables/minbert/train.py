@@ -79,8 +79,15 @@ class TaskStream:
     batches it already consumed sees exactly the batches the interrupted run would have.
     """
 
-    def __init__(self, split: EncodedSplit, batch_size: int, tokenizer: WordPieceTokenizer,
-                 seed: int, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        split: EncodedSplit,
+        batch_size: int,
+        tokenizer: WordPieceTokenizer,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         self.split, self.batch_size, self.tokenizer, self.seed = split, batch_size, tokenizer, seed
         self.rank, self.world_size = rank, world_size
         self.consumed = 0
@@ -89,7 +96,9 @@ class TaskStream:
     def _passes(self) -> Iterator[dict]:
         for pass_index in range(10**9):
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + pass_index)
-            batches = self.split.batches(self.batch_size, self.tokenizer, shuffle=True, generator=gen)
+            batches = self.split.batches(
+                self.batch_size, self.tokenizer, shuffle=True, generator=gen
+            )
             for i, batch in enumerate(batches):  # data parallel: each rank its share of batches
                 if i % self.world_size == self.rank:
                     yield batch
@@ -109,9 +118,13 @@ def seed_everything(seed: int) -> None:
 
 
 class MultitaskTrainer:
-    def __init__(self, cfg: TrialConfig, out_dir: str | Path,
-                 callbacks: Sequence[TrainerCallback] = (),
-                 resume_from: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        cfg: TrialConfig,
+        out_dir: str | Path,
+        callbacks: Sequence[TrainerCallback] = (),
+        resume_from: str | Path | None = None,
+    ) -> None:
         self.cfg = cfg
         self.out_dir = Path(out_dir)
         self.rank, self.world_size = _dist_rank_and_size()
@@ -139,12 +152,24 @@ class MultitaskTrainer:
         self.tokenizer, encoder = build_encoder(cfg)
         self.data = load_multitask_data(cfg.data, self.tokenizer, cfg.model.pair_encoding)
         if self.rank == 0:
-            write_json_atomic(self.out_dir / "data_report.json", {
-                "dropped": self.data.dropped, "notes": self.data.notes,
-                "sizes": {s: {t: len(getattr(self.data, s)[t]) for t in TASKS}
-                          for s in ("train", "dev", "test", "train_eval")}})
-        model = MultitaskBert(encoder, cfg.model.dropout, cfg.model.pair_encoding,
-                              cfg.model.pooling, cfg.extensions.cosine_sts)
+            write_json_atomic(
+                self.out_dir / "data_report.json",
+                {
+                    "dropped": self.data.dropped,
+                    "notes": self.data.notes,
+                    "sizes": {
+                        s: {t: len(getattr(self.data, s)[t]) for t in TASKS}
+                        for s in ("train", "dev", "test", "train_eval")
+                    },
+                },
+            )
+        model = MultitaskBert(
+            encoder,
+            cfg.model.dropout,
+            cfg.model.pair_encoding,
+            cfg.model.pooling,
+            cfg.extensions.cosine_sts,
+        )
         self.sampler = make_sampler(cfg.extensions.task_sampling)
         self.surgery = make_surgery(cfg.extensions.pcgrad, seed=cfg.train.seed)
         self.total_steps = self._count_steps()
@@ -156,9 +181,9 @@ class MultitaskTrainer:
             self.resumed_from_step = self.step
         self.setup_time_s = time.perf_counter() - t0
 
-
     def _epoch_plan(self, phase: str, epoch: int) -> list[tuple[str, ...]]:
         bs = self.cfg.train.batch_size
+
         def batches(task: str) -> int:  # per rank, when data parallel
             return max(1, self.data.train[task].num_batches(bs) // self.world_size)
 
@@ -169,7 +194,11 @@ class MultitaskTrainer:
 
     def _phases(self) -> list[tuple[str, int]]:
         ext, epochs = self.cfg.extensions, self.cfg.train.epochs
-        seq = [("sequential", e) for e in range(ext.sequential_sts_epochs)] if ext.sequential_sts else []
+        seq = (
+            [("sequential", e) for e in range(ext.sequential_sts_epochs)]
+            if ext.sequential_sts
+            else []
+        )
         return seq + [("multitask", e) for e in range(epochs)]
 
     def _schedule(self) -> list[tuple[str, int, list[tuple[str, ...]], int]]:
@@ -206,8 +235,12 @@ class MultitaskTrainer:
             evals_at = self._eval_points(phase, full) | {len(plan)}
             for index in range(start, len(plan)):
                 logs = self._train_step(plan[index], streams)
-                self.position = {"phase": phase, "epoch": epoch, "index": index + 1,
-                                 "consumed": {t: s.consumed for t, s in streams.items()}}
+                self.position = {
+                    "phase": phase,
+                    "epoch": epoch,
+                    "index": index + 1,
+                    "consumed": {t: s.consumed for t, s in streams.items()},
+                }
                 for cb in self.callbacks:
                     cb.on_step_end(self, logs)
                 epoch_progress = epoch + (index + 1) / full
@@ -225,10 +258,15 @@ class MultitaskTrainer:
         tasks = ("sts",) if phase == "sequential" else TASKS
         streams = {}
         for i, task in enumerate(tasks):
-            seed = (self.cfg.train.seed * 7919 + (phase == "multitask") * 104729
-                    + epoch * 1009 + i)
-            streams[task] = TaskStream(self.data.train[task], self.cfg.train.batch_size,
-                                       self.tokenizer, seed, self.rank, self.world_size)
+            seed = self.cfg.train.seed * 7919 + (phase == "multitask") * 104729 + epoch * 1009 + i
+            streams[task] = TaskStream(
+                self.data.train[task],
+                self.cfg.train.batch_size,
+                self.tokenizer,
+                seed,
+                self.rank,
+                self.world_size,
+            )
             streams[task].skip(consumed.get(task, 0))
         return streams
 
@@ -238,7 +276,9 @@ class MultitaskTrainer:
         k = self.cfg.train.evals_per_epoch
         return {max(1, round(n * (i + 1) / k)) for i in range(k)}
 
-    def _train_step(self, tasks: tuple[str, ...], streams: dict[str, TaskStream]) -> dict[str, Any]:
+    def _train_step(
+        self, tasks: tuple[str, ...], streams: dict[str, TaskStream]
+    ) -> dict[str, Any]:
         """One optimizer step: a batch per task, per-task losses, combined gradients, update."""
         _faults.before_step(self.step + 1, self.cfg.train.seed, self.out_dir)  # test hook
         self.model.train()
@@ -248,8 +288,9 @@ class MultitaskTrainer:
             losses = {t: loss * float("nan") for t, loss in losses.items()}
         for task, loss in losses.items():
             if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"non-finite loss at step {self.step + 1} "
-                                         f"(task {task}: {loss.item()})")
+                raise NonFiniteLossError(
+                    f"non-finite loss at step {self.step + 1} (task {task}: {loss.item()})"
+                )
         stats = surgery_step(self.engine, losses, self.shared_params, self.surgery)
         self.step += 1
         if self.first_step_at is None:
@@ -273,8 +314,9 @@ class MultitaskTrainer:
             labels.append(batch["labels"].cpu())
         return ids, torch.cat(preds), torch.cat(labels)
 
-    def evaluate(self, splits: dict[str, EncodedSplit], prefix: str,
-                 write_predictions: bool = False) -> dict[str, float]:
+    def evaluate(
+        self, splits: dict[str, EncodedSplit], prefix: str, write_predictions: bool = False
+    ) -> dict[str, float]:
         scores, outputs = {}, {}
         for task in TASKS:
             ids, preds, labels = self.predict(splits[task])
@@ -293,13 +335,19 @@ class MultitaskTrainer:
                 M.write_submission(path, task, ids, _submission_values(task, preds))
         return {f"{prefix}_{k}": float(v) for k, v in scores.items()}
 
-    def _evaluate_and_report(self, phase: str, epoch: float, final: bool = False) -> dict[str, Any]:
+    def _evaluate_and_report(
+        self, phase: str, epoch: float, final: bool = False
+    ) -> dict[str, Any]:
         """Dev metrics (and, at the end, train-subset and held-out test metrics too), a
         checkpoint, and the callbacks. The final evaluation is one report, not two."""
         recent, self._recent = self._recent, []
         t0 = time.perf_counter()
-        metrics: dict[str, Any] = {"step": self.step, "epoch": round(epoch, 4), "phase": phase,
-                                   "time_s": round(self.train_time_s, 3)}
+        metrics: dict[str, Any] = {
+            "step": self.step,
+            "epoch": round(epoch, 4),
+            "phase": phase,
+            "time_s": round(self.train_time_s, 3),
+        }
         metrics.update(self.evaluate(self.data.dev, "dev", write_predictions=final))
         for task in TASKS:
             vals = [r[f"loss_{task}"] for r in recent if f"loss_{task}" in r]
@@ -309,15 +357,22 @@ class MultitaskTrainer:
         if final:
             metrics.update(self.evaluate(self.data.train_eval, "train"))
             metrics.update(self.evaluate(self.data.test, "test", write_predictions=True))
-            metrics.update({"final": True, "status": "finished", "steps": self.step,
-                            # train_time_s stops before this last evaluation; this is its time
-                            "final_eval_s": round(time.perf_counter() - t0, 3),
-                            "epochs": self.cfg.train.epochs, "world_size": self.world_size,
-                            "train_time_s": round(self.train_time_s, 3),
-                            "setup_time_s": round(getattr(self, "setup_time_s", 0.0), 3),
-                            "first_step_at": self.first_step_at,
-                            "resumed_from_step": self.resumed_from_step,
-                            "peak_mem_mb": peak_memory_mb()})
+            metrics.update(
+                {
+                    "final": True,
+                    "status": "finished",
+                    "steps": self.step,
+                    # train_time_s stops before this last evaluation; this is its time
+                    "final_eval_s": round(time.perf_counter() - t0, 3),
+                    "epochs": self.cfg.train.epochs,
+                    "world_size": self.world_size,
+                    "train_time_s": round(self.train_time_s, 3),
+                    "setup_time_s": round(getattr(self, "setup_time_s", 0.0), 3),
+                    "first_step_at": self.first_step_at,
+                    "resumed_from_step": self.resumed_from_step,
+                    "peak_mem_mb": peak_memory_mb(),
+                }
+            )
         self.evals_done += 1
         every = self.cfg.train.checkpoint_every_evals
         checkpoint = None
@@ -346,23 +401,36 @@ class MultitaskTrainer:
             return final
         folder = staging / tag
         torch.save(self._trainer_state(), folder / "trainer_state.pt")
-        manifest = {"tag": tag, "step": self.step,
-                    "files": {str(p.relative_to(folder)): _sha256(p)
-                              for p in sorted(folder.rglob("*")) if p.is_file()}}
+        manifest = {
+            "tag": tag,
+            "step": self.step,
+            "files": {
+                str(p.relative_to(folder)): _sha256(p)
+                for p in sorted(folder.rglob("*"))
+                if p.is_file()
+            },
+        }
         write_json_atomic(folder / CHECKPOINT_MANIFEST, manifest)
         if final.exists():
             shutil.rmtree(final)
         os.replace(folder, final)
         shutil.rmtree(staging, ignore_errors=True)
-        for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-self.cfg.train.keep_checkpoints]:
+        for old in sorted(p for p in root.glob("step-*") if p.is_dir())[
+            : -self.cfg.train.keep_checkpoints
+        ]:
             shutil.rmtree(old, ignore_errors=True)
         return final
 
     def _trainer_state(self) -> dict[str, Any]:
-        state = {"step": self.step, "evals_done": self.evals_done,
-                 "position": json.dumps(self.position), "train_time_s": self.train_time_s,
-                 "torch_rng": torch.get_rng_state(), "python_rng": json.dumps(random.getstate()),
-                 "surgery": self.surgery.state_dict()}
+        state = {
+            "step": self.step,
+            "evals_done": self.evals_done,
+            "position": json.dumps(self.position),
+            "train_time_s": self.train_time_s,
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": json.dumps(random.getstate()),
+            "surgery": self.surgery.state_dict(),
+        }
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         return state
@@ -375,17 +443,24 @@ class MultitaskTrainer:
         folder = find_checkpoint(path)
         try:
             with _weights_only_deepspeed_loads(self.engine):
-                load_path, _ = self.engine.load_checkpoint(str(folder.parent), tag=folder.name,
-                                                           load_optimizer_states=True,
-                                                           load_lr_scheduler_states=True)
+                load_path, _ = self.engine.load_checkpoint(
+                    str(folder.parent),
+                    tag=folder.name,
+                    load_optimizer_states=True,
+                    load_lr_scheduler_states=True,
+                )
         except pickle.UnpicklingError as exc:
             reason = str(exc).split("WeightsUnpickler error: ")[-1].split(".")[0][:160]
-            raise ConfigError(f"checkpoint {folder} holds more than weights and optimizer "
-                              f"state ({reason}); it was refused rather than unpickled: "
-                              "resume only from checkpoints this framework wrote") from None
+            raise ConfigError(
+                f"checkpoint {folder} holds more than weights and optimizer "
+                f"state ({reason}); it was refused rather than unpickled: "
+                "resume only from checkpoints this framework wrote"
+            ) from None
         if load_path is None:
-            raise ConfigError(f"checkpoint {folder}: DeepSpeed could not load it; "
-                              "pass another checkpoint or start afresh")
+            raise ConfigError(
+                f"checkpoint {folder}: DeepSpeed could not load it; "
+                "pass another checkpoint or start afresh"
+            )
         state = torch.load(folder / "trainer_state.pt", weights_only=True)
         self.step = int(state["step"])
         self.evals_done = int(state["evals_done"])
@@ -447,14 +522,20 @@ def build_encoder(cfg: TrialConfig) -> tuple[WordPieceTokenizer, BertModel]:
     m = cfg.model
     tokenizer = tokenizer_for(m)
     if m.checkpoint == "random":
-        config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=m.hidden_size,
-                            num_layers=m.num_layers, num_heads=m.num_heads,
-                            intermediate_size=m.intermediate_size, hidden_dropout=m.dropout,
-                            attention_dropout=m.dropout,
-                            max_position_embeddings=max(512, cfg.data.max_length))
+        config = BertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=m.hidden_size,
+            num_layers=m.num_layers,
+            num_heads=m.num_heads,
+            intermediate_size=m.intermediate_size,
+            hidden_dropout=m.dropout,
+            attention_dropout=m.dropout,
+            max_position_embeddings=max(512, cfg.data.max_length),
+        )
         return tokenizer, BertModel.from_config(config, seed=cfg.train.seed)
-    return tokenizer, BertModel.from_pretrained(resolve_checkpoint_dir(m.checkpoint),
-                                                hidden_dropout=m.dropout)
+    return tokenizer, BertModel.from_pretrained(
+        resolve_checkpoint_dir(m.checkpoint), hidden_dropout=m.dropout
+    )
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -472,7 +553,9 @@ def find_checkpoint(path: str | Path) -> Path:
             return folder
         problems.append(problem)
     if not candidates:
-        raise ConfigError(f"no checkpoint found in {path}: pass a run folder or a checkpoint folder")
+        raise ConfigError(
+            f"no checkpoint found in {path}: pass a run folder or a checkpoint folder"
+        )
     raise ConfigError(f"no intact checkpoint in {path}: {'; '.join(problems)}")
 
 
@@ -546,8 +629,12 @@ def peak_memory_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def train_trial(cfg: TrialConfig, out_dir: str | Path, callbacks: Sequence[TrainerCallback] = (),
-                resume_from: str | Path | None = None) -> dict[str, Any]:
+def train_trial(
+    cfg: TrialConfig,
+    out_dir: str | Path,
+    callbacks: Sequence[TrainerCallback] = (),
+    resume_from: str | Path | None = None,
+) -> dict[str, Any]:
     """Set up, train, evaluate and clean up one trial; returns its summary."""
     trainer = MultitaskTrainer(cfg, out_dir, callbacks, resume_from)
     try:
@@ -557,5 +644,13 @@ def train_trial(cfg: TrialConfig, out_dir: str | Path, callbacks: Sequence[Train
         trainer.cleanup()
 
 
-__all__ = ["MultitaskTrainer", "NonFiniteLossError", "TimeLimitExceeded", "TrainerCallback",
-           "TrialFailure", "find_checkpoint", "train_trial", "verify_checkpoint"]
+__all__ = [
+    "MultitaskTrainer",
+    "NonFiniteLossError",
+    "TimeLimitExceeded",
+    "TrainerCallback",
+    "TrialFailure",
+    "find_checkpoint",
+    "train_trial",
+    "verify_checkpoint",
+]

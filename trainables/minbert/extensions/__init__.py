@@ -1,8 +1,8 @@
 """Multitask extensions behind narrow interfaces: gradient surgery and task sampling.
 
-    from trainables.minbert.extensions import make_sampler, make_surgery
-    surgery = make_surgery(pcgrad=cfg.extensions.pcgrad, seed=cfg.train.seed)
-    sampler = make_sampler(cfg.extensions.task_sampling)
+from trainables.minbert.extensions import make_sampler, make_surgery
+surgery = make_surgery(pcgrad=cfg.extensions.pcgrad, seed=cfg.train.seed)
+sampler = make_sampler(cfg.extensions.task_sampling)
 """
 
 from __future__ import annotations
