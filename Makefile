@@ -36,14 +36,20 @@ browser:
 demo: install
 	$(BIN)/hpsearch sweep search_spaces/demo.yaml --name demo --storage-path results --exist-ok-suffix
 
+# Lint, format and types first (about a minute), then the suite.
 test: install-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q --durations=15
 
 test-slow: install-test
 	$(BIN)/python -m pytest -q -m slow
 
 lint: install-test
-	$(BIN)/ruff check hpsearch trainables reports tests benchmarks
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .cache results

@@ -25,7 +25,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from trainables.minbert.checkpoint import minilm_dir  # noqa: E402
+from trainables.minbert.hf_folder import minilm_dir  # noqa: E402
 from trainables.minbert.model import BertModel  # noqa: E402
 
 

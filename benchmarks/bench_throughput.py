@@ -70,7 +70,7 @@ from trainables.minbert.engine import (  # noqa: E402
 from trainables.minbert.extensions import SumGradients  # noqa: E402
 from trainables.minbert.multitask import MultitaskBert  # noqa: E402
 from trainables.minbert.tokenizer import WordPieceTokenizer  # noqa: E402
-from trainables.minbert.train import TaskStream, build_encoder  # noqa: E402
+from trainables.minbert.trainer import TaskStream, build_encoder  # noqa: E402
 
 INPUT_KEYS = ("inputs", "inputs_a", "inputs_b")
 

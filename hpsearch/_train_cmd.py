@@ -62,8 +62,8 @@ def preflight(cfg: TrialConfig) -> None:
     (the token cache the data check fills is reused by the run).
     """
     from trainables.minbert import _faults
-    from trainables.minbert.checkpoint import minilm_dir, resolve_checkpoint_dir
     from trainables.minbert.data import load_multitask_data
+    from trainables.minbert.hf_folder import minilm_dir, resolve_checkpoint_dir
     from trainables.minbert.model import BertModel
     from trainables.minbert.tokenizer import WordPieceTokenizer
 
@@ -92,12 +92,12 @@ def run_train(args: argparse.Namespace) -> int:
     cfg = resolve_train_config(args)
     out = _out_dir(args)
     if args.resume:
-        from trainables.minbert.train import find_checkpoint
+        from trainables.minbert.run_checkpoint import find_checkpoint
 
         find_checkpoint(out)  # refuse before any work when nothing intact is there
     preflight(cfg)
     from trainables.minbert.callbacks import ProgressBar
-    from trainables.minbert.train import train_trial
+    from trainables.minbert.trainer import train_trial
 
     t0 = time.perf_counter()
     summary = train_trial(

@@ -2,7 +2,7 @@
 
     hpsearch sweep search_spaces/default.yaml --data-dir ../shared/data/cs224n --max-concurrent 2
 
-Each trial is one multitask minBERT run (`trainables.minbert.train`), trained through a
+Each trial is one multitask minBERT run (`trainables.minbert.trainer`), trained through a
 DeepSpeed engine: a single-process engine inside the Tune trial, or, with
 `--workers-per-trial N`, N data-parallel DeepSpeed workers through Ray Train (the Train V2
 pattern: a Tune function trainable that fits a `TorchTrainer`). Optuna samples the
@@ -41,14 +41,10 @@ from pathlib import Path
 from typing import Any
 
 from hpsearch.space import SearchSpace, load_search_space
-from trainables.errors import ConfigError
+from trainables.atomic import write_json_atomic, write_text_atomic
+from trainables.errors import ConfigError, TrialFailure
 from trainables.minbert import _faults
-from trainables.minbert.callbacks import (
-    TimeLimit,
-    TrainerCallback,
-    write_json_atomic,
-    write_text_atomic,
-)
+from trainables.minbert.callbacks import TimeLimit, TrainerCallback
 from trainables.minbert.config import build_trial_config, parse_override
 
 EXPERIMENT_FILE = "experiment.json"
@@ -217,7 +213,7 @@ def _checkpoint_names(space: SearchSpace, extra: dict[str, Any], sampled: str) -
 def _check_checkpoints(space: SearchSpace, extra: dict[str, Any], sampled: str) -> None:
     """Load every checkpoint folder the trials may use: a missing file, a truncated weights
     file or a malformed config.json fails here, in the driver, before Ray starts."""
-    from trainables.minbert.checkpoint import minilm_dir
+    from trainables.minbert.hf_folder import minilm_dir
     from trainables.minbert.model import BertModel
 
     for name in sorted(_checkpoint_names(space, extra, sampled)):
@@ -289,7 +285,7 @@ def _run_one(
 ) -> None:
     """Train one trial (in this process), report each evaluation and the final summary."""
     from trainables.minbert.config import TrialConfig
-    from trainables.minbert.train import TrialFailure, train_trial
+    from trainables.minbert.trainer import train_trial
 
     cfg = TrialConfig.model_validate(cfg_dict)
     callbacks: list[TrainerCallback] = [_TuneReporter(report_fn, rank, in_tune)]
@@ -333,7 +329,7 @@ def resume_point(ray_checkpoint: Path | None, run_dir: Path) -> tuple[Path | Non
     the newest intact checkpoint in the trial's run folder; else the beginning. Every
     checkpoint is checked against its MANIFEST.json checksums first.
     """
-    from trainables.minbert.train import find_checkpoint, verify_checkpoint
+    from trainables.minbert.run_checkpoint import find_checkpoint, verify_checkpoint
 
     problem = None
     if ray_checkpoint is not None:

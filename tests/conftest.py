@@ -32,7 +32,7 @@ def cs224n_path() -> Path | None:
 @pytest.fixture(scope="session")
 def minilm_path() -> Path:
     """The bundled all-MiniLM-L6-v2 checkpoint folder."""
-    from trainables.minbert.checkpoint import minilm_dir
+    from trainables.minbert.hf_folder import minilm_dir
 
     return minilm_dir()
 

@@ -519,7 +519,7 @@ CASES = [
 def _shared_inputs(tmp_path_factory):
     """A synthetic CS224N-format data set and a tiny exported BERT folder, built once."""
     global _SYNTH_DIR, _BERT_DIR
-    from trainables.minbert.checkpoint import minilm_dir, save_pretrained
+    from trainables.minbert.hf_folder import minilm_dir, save_pretrained
     from trainables.minbert.model import BertConfig, BertModel
     from trainables.minbert.synthetic import write_synthetic_dataset
 

@@ -28,11 +28,13 @@ import pytest
 import yaml
 
 from hpsearch import sweep as sweep_mod
+from trainables.atomic import write_json_atomic
 from trainables.errors import ConfigError
 from trainables.minbert import _faults
-from trainables.minbert.callbacks import MetricsFileWriter, write_json_atomic
+from trainables.minbert.callbacks import MetricsFileWriter
 from trainables.minbert.config import load_trial_config
-from trainables.minbert.train import find_checkpoint, train_trial, verify_checkpoint
+from trainables.minbert.run_checkpoint import find_checkpoint, verify_checkpoint
+from trainables.minbert.trainer import train_trial
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_YAML = REPO / "trainables" / "configs" / "tiny.yaml"

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from trainables.errors import ConfigError
-from trainables.minbert.checkpoint import (
+from trainables.minbert.hf_folder import (
     check_checkpoint_dir,
     minilm_dir,
     resolve_checkpoint_dir,

@@ -18,7 +18,6 @@ import torch
 
 from trainables.errors import ConfigError
 from trainables.minbert import data as data_module
-from trainables.minbert.checkpoint import minilm_dir
 from trainables.minbert.config import DataConfig
 from trainables.minbert.data import (
     TASKS,
@@ -30,6 +29,7 @@ from trainables.minbert.data import (
     read_task_file,
     task_files,
 )
+from trainables.minbert.hf_folder import minilm_dir
 from trainables.minbert.synthetic import (
     FILE_NAMES,
     HEADERS,

@@ -8,15 +8,11 @@ import math
 import pytest
 import torch
 
-from trainables.errors import ConfigError
+from trainables.errors import ConfigError, NonFiniteLossError
 from trainables.minbert.callbacks import TrainerCallback
 from trainables.minbert.config import load_trial_config
-from trainables.minbert.train import (
-    MultitaskTrainer,
-    NonFiniteLossError,
-    find_checkpoint,
-    train_trial,
-)
+from trainables.minbert.run_checkpoint import find_checkpoint
+from trainables.minbert.trainer import MultitaskTrainer, train_trial
 
 TINY = [
     "model.checkpoint=random",

@@ -18,8 +18,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trainables.atomic import write_json_atomic, write_text_atomic
+from trainables.errors import TimeLimitExceeded
+
 if TYPE_CHECKING:
-    from trainables.minbert.train import MultitaskTrainer
+    from trainables.minbert.trainer import MultitaskTrainer
 
 
 class TrainerCallback:
@@ -38,35 +41,6 @@ class TrainerCallback:
 
     def on_train_end(self, trainer: MultitaskTrainer, summary: dict[str, Any]) -> None:
         pass
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON next to its final name, then rename: a crash never leaves half a file.
-
-    The temporary file is hidden and ends in `.tmp-<pid>`, so no reader mistakes it for the
-    real one; if writing fails it is removed and the previous file (if any) is untouched.
-    """
-    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=_jsonable))
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write text to a hidden temporary file beside `path`, fsync it, then rename over `path`."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
 
 
 class MetricsFileWriter(TrainerCallback):
@@ -136,8 +110,6 @@ class TimeLimit(TrainerCallback):
     def on_step_end(self, trainer: MultitaskTrainer, logs: dict[str, Any]) -> None:
         elapsed = self.before_s + time.monotonic() - self.t0
         if elapsed >= self.limit_s:
-            from trainables.minbert.train import TimeLimitExceeded
-
             raise TimeLimitExceeded(
                 f"time limit of {self.limit_s:g} s reached at step "
                 f"{logs['step']} ({elapsed:.1f} s)"

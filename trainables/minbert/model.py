@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainables.errors import ConfigError
-from trainables.minbert.checkpoint import check_checkpoint_dir, load_state_dict
+from trainables.minbert.hf_folder import check_checkpoint_dir, load_state_dict
 
 
 @dataclass

@@ -16,7 +16,7 @@ import torch
 from tokenizers import BertWordPieceTokenizer
 
 from trainables.errors import ConfigError
-from trainables.minbert.checkpoint import resolve_checkpoint_dir
+from trainables.minbert.hf_folder import resolve_checkpoint_dir
 
 if TYPE_CHECKING:
     from trainables.minbert.config import ModelConfig

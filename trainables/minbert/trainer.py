@@ -20,14 +20,10 @@ The run directory holds:
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
-import pickle
 import random
 import resource
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -35,41 +31,23 @@ from typing import Any
 
 import torch
 
-from trainables.errors import ConfigError
-from trainables.minbert import _faults
+from trainables.atomic import write_json_atomic
+from trainables.errors import NonFiniteLossError
+from trainables.minbert import _faults, run_checkpoint
 from trainables.minbert import metrics as M
 from trainables.minbert.callbacks import (
     MetricsFileWriter,
     TensorBoardLogger,
     TrainerCallback,
-    write_json_atomic,
 )
-from trainables.minbert.checkpoint import resolve_checkpoint_dir
 from trainables.minbert.config import TrialConfig
 from trainables.minbert.data import TASKS, EncodedSplit, load_multitask_data
 from trainables.minbert.engine import build_engine, surgery_step
 from trainables.minbert.extensions import make_sampler, make_surgery
+from trainables.minbert.hf_folder import resolve_checkpoint_dir
 from trainables.minbert.model import BertConfig, BertModel
 from trainables.minbert.multitask import MultitaskBert
 from trainables.minbert.tokenizer import WordPieceTokenizer, tokenizer_for
-
-CHECKPOINT_MANIFEST = "MANIFEST.json"
-
-
-class TrialFailure(RuntimeError):
-    """The trial cannot go on and retrying it would fail the same way: it is marked failed.
-
-    A sweep reports it as the trial's final, failed result (with this message as the reason)
-    instead of letting Ray retry it; other exceptions are retried from the last checkpoint.
-    """
-
-
-class NonFiniteLossError(TrialFailure):
-    """A task loss became NaN or infinite: the trial is stopped and marked failed."""
-
-
-class TimeLimitExceeded(TrialFailure):
-    """The trial ran past its time limit (see `callbacks.TimeLimit`)."""
 
 
 class TaskStream:
@@ -386,40 +364,18 @@ class MultitaskTrainer:
     def save_checkpoint(self) -> Path:
         """Write a checkpoint and seal it; returns its folder. Half-written ones never look whole."""
         root = self.out_dir / "checkpoints"
-        tag = f"step-{self.step:08d}"
-        staging = root / f".staging-{tag}"
-        if self.rank == 0:  # staging folders of interrupted saves are never checkpoints
-            for stale in root.glob(".staging-*"):
-                shutil.rmtree(stale, ignore_errors=True)
-            staging.mkdir(parents=True)
+        staging = run_checkpoint.stage(root, self.step, clean=self.rank == 0)
         _barrier()
-        self.engine.save_checkpoint(str(staging), tag=tag, save_latest=False)
+        self.engine.save_checkpoint(
+            str(staging), tag=run_checkpoint.tag_of(self.step), save_latest=False
+        )
         _faults.in_checkpoint(self.cfg.train.seed, self.out_dir, self.step)  # test hook
         _barrier()
-        final = root / tag
         if self.rank != 0:
-            return final
-        folder = staging / tag
-        torch.save(self._trainer_state(), folder / "trainer_state.pt")
-        manifest = {
-            "tag": tag,
-            "step": self.step,
-            "files": {
-                str(p.relative_to(folder)): _sha256(p)
-                for p in sorted(folder.rglob("*"))
-                if p.is_file()
-            },
-        }
-        write_json_atomic(folder / CHECKPOINT_MANIFEST, manifest)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(folder, final)
-        shutil.rmtree(staging, ignore_errors=True)
-        for old in sorted(p for p in root.glob("step-*") if p.is_dir())[
-            : -self.cfg.train.keep_checkpoints
-        ]:
-            shutil.rmtree(old, ignore_errors=True)
-        return final
+            return root / run_checkpoint.tag_of(self.step)
+        return run_checkpoint.seal(
+            staging, root, self.step, self._trainer_state(), keep=self.cfg.train.keep_checkpoints
+        )
 
     def _trainer_state(self) -> dict[str, Any]:
         state = {
@@ -440,28 +396,8 @@ class MultitaskTrainer:
 
         `path` is a checkpoint folder or a run folder (its newest sound checkpoint is used).
         """
-        folder = find_checkpoint(path)
-        try:
-            with _weights_only_deepspeed_loads(self.engine):
-                load_path, _ = self.engine.load_checkpoint(
-                    str(folder.parent),
-                    tag=folder.name,
-                    load_optimizer_states=True,
-                    load_lr_scheduler_states=True,
-                )
-        except pickle.UnpicklingError as exc:
-            reason = str(exc).split("WeightsUnpickler error: ")[-1].split(".")[0][:160]
-            raise ConfigError(
-                f"checkpoint {folder} holds more than weights and optimizer "
-                f"state ({reason}); it was refused rather than unpickled: "
-                "resume only from checkpoints this framework wrote"
-            ) from None
-        if load_path is None:
-            raise ConfigError(
-                f"checkpoint {folder}: DeepSpeed could not load it; "
-                "pass another checkpoint or start afresh"
-            )
-        state = torch.load(folder / "trainer_state.pt", weights_only=True)
+        folder = run_checkpoint.find_checkpoint(path)
+        state = run_checkpoint.load(self.engine, folder)
         self.step = int(state["step"])
         self.evals_done = int(state["evals_done"])
         self.position = json.loads(state["position"])
@@ -479,41 +415,6 @@ class MultitaskTrainer:
             engine.destroy()
         self.engine = None
         self.model = None
-
-
-def _deepspeed_safe_globals() -> list[Any]:
-    """The plain DeepSpeed record classes that ZeRO optimizer states pickle (checked for
-    ZeRO 1, 2 and 3 with deepspeed 0.19): allowed by the weights-only unpickler."""
-    from deepspeed.runtime.fp16.loss_scaler import LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
-    return [LossScaler, ZeroStageEnum, fragment_address]
-
-
-@contextlib.contextmanager
-def _weights_only_deepspeed_loads(engine: Any) -> Iterator[None]:
-    """Make DeepSpeed read checkpoints with `torch.load(weights_only=True)`.
-
-    DeepSpeed's checkpoint engine calls `torch.load(..., weights_only=False)`, which would run
-    any code a tampered file carries; for the length of a load its `load` goes through the
-    weights-only unpickler instead.
-    """
-    ckpt_engine = getattr(engine, "checkpoint_engine", None)
-    if ckpt_engine is None:
-        yield
-        return
-    allowed = _deepspeed_safe_globals()
-
-    def load(path: str, map_location: Any = None) -> Any:
-        with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location=map_location, weights_only=True)
-
-    ckpt_engine.load = load
-    try:
-        yield
-    finally:
-        del ckpt_engine.load  # the class's own method again
 
 
 def build_encoder(cfg: TrialConfig) -> tuple[WordPieceTokenizer, BertModel]:
@@ -536,52 +437,6 @@ def build_encoder(cfg: TrialConfig) -> tuple[WordPieceTokenizer, BertModel]:
     return tokenizer, BertModel.from_pretrained(
         resolve_checkpoint_dir(m.checkpoint), hidden_dropout=m.dropout
     )
-
-
-def find_checkpoint(path: str | Path) -> Path:
-    """The newest sealed, intact checkpoint at `path` (a checkpoint folder or a run folder)."""
-    path = Path(path)
-    if (path / CHECKPOINT_MANIFEST).is_file() or (path / "trainer_state.pt").exists():
-        candidates = [path]
-    else:
-        root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-        candidates = sorted((p for p in root.glob("step-*") if p.is_dir()), reverse=True)
-    problems = []
-    for folder in candidates:
-        problem = verify_checkpoint(folder)
-        if problem is None:
-            return folder
-        problems.append(problem)
-    if not candidates:
-        raise ConfigError(
-            f"no checkpoint found in {path}: pass a run folder or a checkpoint folder"
-        )
-    raise ConfigError(f"no intact checkpoint in {path}: {'; '.join(problems)}")
-
-
-def verify_checkpoint(folder: Path) -> str | None:
-    """None if every file matches the manifest; else what is wrong."""
-    manifest_path = folder / CHECKPOINT_MANIFEST
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        files = manifest["files"]
-    except (OSError, ValueError, KeyError):
-        return f"{folder.name}: manifest missing or unreadable (checkpoint was not completed)"
-    for rel, digest in files.items():
-        f = folder / rel
-        if not f.is_file():
-            return f"{folder.name}: {rel} is missing"
-        if _sha256(f) != digest:
-            return f"{folder.name}: {rel} is corrupt (checksum mismatch)"
-    return None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _dist_rank_and_size() -> tuple[int, int]:
@@ -644,13 +499,4 @@ def train_trial(
         trainer.cleanup()
 
 
-__all__ = [
-    "MultitaskTrainer",
-    "NonFiniteLossError",
-    "TimeLimitExceeded",
-    "TrainerCallback",
-    "TrialFailure",
-    "find_checkpoint",
-    "train_trial",
-    "verify_checkpoint",
-]
+__all__ = ["MultitaskTrainer", "TaskStream", "build_encoder", "train_trial"]

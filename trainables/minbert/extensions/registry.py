@@ -1,0 +1,237 @@
+"""The one registry of extension toggles: config key, short name, report label, plug-in point.
+
+Every consumer reads this list and nothing else: the trial config builds its `extensions.*`
+fields from it, the search-space validator and the variant names ("baseline", "cosine",
+"cosine+pcgrad", "all") come from it, the train command prints the toggles that are on, and
+each sweep records it in `experiment.json` so that reports label variants from the results,
+without importing any of this.
+
+Adding an extension is one new file in this folder (a small class behind one of the narrow
+interfaces: `GradientSurgery`, `TaskSampler`, `PhasePlan`, `PairSimilarity`) plus one entry in
+`BUILTIN` below. An extension that lives in another package registers itself the same way
+through the `hpsearch.extensions` entry-point group, whose entries load to a `Toggle`:
+
+    # pyproject.toml of the other package
+    [project.entry-points."hpsearch.extensions"]
+    mean_grad = "my_package.mean_grad:TOGGLE"
+
+This module must stay cheap to import (no torch): `factory` names the implementing class as
+"module:attribute" and is imported only when a trial builds it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, Literal
+
+from trainables.errors import ConfigError
+
+__all__ = [
+    "BUILTIN",
+    "ENTRY_POINT_GROUP",
+    "Toggle",
+    "check_combination",
+    "load_factory",
+    "toggle_records",
+    "toggles",
+    "variant_name",
+]
+
+ENTRY_POINT_GROUP = "hpsearch.extensions"
+# The interfaces an extension may plug into, each asked for at one point of a trial:
+#   surgery  GradientSurgery  how per-task gradients become one update (engine step)
+#   phases   PhasePlan        which phases (task sets, epochs) run before the multitask loop
+#   sts_head PairSimilarity   how two sentence embeddings become an STS score
+Kind = Literal["surgery", "phases", "sts_head"]
+KINDS: tuple[Kind, ...] = ("surgery", "phases", "sts_head")
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_SHORT = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class Toggle:
+    """One extension switch, as every part of hpsearch sees it.
+
+    Attributes:
+        name: the config key under `extensions.` (`extensions.<name>: true` turns it on).
+        short: its part of a variant name ("cosine" -> "cosine+pcgrad"); "baseline" and "all"
+            are reserved.
+        label: its name in report tables ("Gradient Surgery").
+        kind: the interface it plugs into (one of `KINDS`); two toggles of the same kind
+            cannot both be on.
+        factory: "module:attribute" of the implementing class, imported only when a trial
+            builds it; the class is called with the trial's `TrialConfig`.
+        help: one line for `--help`-style listings and the config field's description.
+        options: further settings under `extensions.`, as pydantic field definitions
+            `{name: (type, default or pydantic.Field(...))}`, used when the toggle is on.
+        requires: `{config key: (allowed values, why)}`: settings the toggle needs; with the
+            toggle on, any other value is refused in one line that gives `why` and the fix.
+    """
+
+    name: str
+    short: str
+    label: str
+    kind: Kind
+    factory: str
+    help: str = ""
+    options: Mapping[str, tuple[Any, Any]] = field(default_factory=dict)
+    requires: Mapping[str, tuple[tuple[Any, ...], str]] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """The dotted config key: "extensions.<name>"."""
+        return f"extensions.{self.name}"
+
+    def record(self) -> dict[str, str]:
+        """What a sweep writes to experiment.json (reports read this, not the code)."""
+        return {"key": self.key, "name": self.name, "short": self.short, "label": self.label}
+
+
+BUILTIN: tuple[Toggle, ...] = (
+    Toggle(
+        name="cosine_sts",
+        short="cosine",
+        label="Cosine",
+        kind="sts_head",
+        factory="trainables.minbert.extensions.cosine_sts:CosineSimilarity",
+        help="Sentence-BERT STS: cosine of mean-pooled embeddings, scaled to 0-5",
+        requires={"model.pair_encoding": (("siamese",), "compares two sentence embeddings")},
+    ),
+    Toggle(
+        name="pcgrad",
+        short="pcgrad",
+        label="Gradient Surgery",
+        kind="surgery",
+        factory="trainables.minbert.extensions.pcgrad:PCGrad",
+        help="gradient surgery (Yu et al. 2020) across the three task losses",
+        requires={
+            "train.deepspeed.zero_stage": (
+                (0, 1, 2),
+                "needs per-task gradients, which ZeRO-3 partitions away",
+            )
+        },
+    ),
+    Toggle(
+        name="sequential_sts",
+        short="sequential",
+        label="Sequential Learning",
+        kind="phases",
+        factory="trainables.minbert.extensions.sequential_sts:SequentialSts",
+        help="STS-only epochs before the multitask loop",
+        # (type, pydantic.Field) would carry bounds; a plain default keeps this module light
+        options={"sequential_sts_epochs": (int, 1)},
+    ),
+)
+
+
+def _validate(toggles: tuple[Toggle, ...]) -> None:
+    seen_names: dict[str, str] = {}
+    seen_shorts: dict[str, str] = {}
+    for t in toggles:
+        where = f"extension toggle {t.name!r}"
+        if not _NAME.match(t.name) or not _SHORT.match(t.short):
+            raise ConfigError(f"{where}: name and short name must be lower_snake_case")
+        if t.short in ("baseline", "all"):
+            raise ConfigError(f"{where}: short name {t.short!r} is reserved; choose another")
+        if t.kind not in KINDS:
+            raise ConfigError(f"{where}: kind {t.kind!r} is not one of {', '.join(KINDS)}")
+        if ":" not in t.factory:
+            raise ConfigError(f"{where}: factory {t.factory!r} must be 'module:attribute'")
+        for other in (t.name, *t.options):
+            if other in seen_names:
+                raise ConfigError(
+                    f"{where}: config key extensions.{other} is already declared by "
+                    f"{seen_names[other]!r}; rename one of them"
+                )
+            seen_names[other] = t.name
+        if t.short in seen_shorts:
+            raise ConfigError(
+                f"{where}: short name {t.short!r} is already used by {seen_shorts[t.short]!r}"
+            )
+        seen_shorts[t.short] = t.name
+
+
+def _discover() -> tuple[Toggle, ...]:
+    found: list[Toggle] = []
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        try:
+            toggle = ep.load()
+        except Exception as exc:  # a broken plug-in must say which one
+            raise ConfigError(
+                f"extension plug-in {ep.name!r} ({ep.value}) failed to load: "
+                f"{type(exc).__name__}: {exc}; fix or uninstall it"
+            ) from None
+        if not isinstance(toggle, Toggle):
+            raise ConfigError(
+                f"extension plug-in {ep.name!r} ({ep.value}) is a {type(toggle).__name__}, "
+                "not a trainables.minbert.extensions.registry.Toggle"
+            )
+        found.append(toggle)
+    return tuple(found)
+
+
+_TOGGLES: tuple[Toggle, ...] = (*BUILTIN, *_discover())
+_validate(_TOGGLES)
+
+
+def toggles() -> tuple[Toggle, ...]:
+    """Every registered toggle: the built-in ones in `BUILTIN` order, then plug-ins by name."""
+    return _TOGGLES
+
+
+def toggle_records() -> list[dict[str, str]]:
+    """The registry as a sweep records it in experiment.json."""
+    return [t.record() for t in _TOGGLES]
+
+
+def variant_name(flat: Mapping[str, Any]) -> str:
+    """The name of a flat configuration's toggle combination.
+
+    "baseline" with none on, the toggle's short name with one, short names joined by "+" in
+    registry order with several, "all" with every toggle on (when there are two or more).
+    """
+    on = [t.short for t in _TOGGLES if flat.get(t.key) is True]
+    if not on:
+        return "baseline"
+    if len(on) == len(_TOGGLES) and len(on) > 1:
+        return "all"
+    return "+".join(on)
+
+
+def check_combination(flat: Mapping[str, Any]) -> str | None:
+    """None if the toggles that are on fit the rest of the flat configuration; else why not.
+
+    Refuses two toggles of one kind (two gradient surgeries, say) and a toggle whose
+    `requires` the configuration does not meet.
+    """
+    on = [t for t in _TOGGLES if flat.get(t.key) is True]
+    for kind in KINDS:
+        same = [t.key for t in on if t.kind == kind]
+        if len(same) > 1:
+            return f"{' and '.join(same)} both replace the {kind} step: turn all but one off"
+    for t in on:
+        for key, (allowed, why) in t.requires.items():
+            if key in flat and flat[key] not in allowed:
+                if len(allowed) == 1:
+                    fix = f"set {key}={allowed[0]}"
+                else:
+                    values = [str(v) for v in allowed]
+                    fix = f"set {key} to {', '.join(values[:-1])} or {values[-1]},"
+                return f"{t.key} {why}: {fix} or turn {t.name} off"
+    return None
+
+
+def load_factory(toggle: Toggle) -> Any:
+    """The implementing class of `toggle`, imported now."""
+    module, _, attr = toggle.factory.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(
+            f"extension {toggle.name!r}: cannot import its class {toggle.factory!r} ({exc}); "
+            "check the registry entry"
+        ) from None
