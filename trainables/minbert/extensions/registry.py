@@ -21,6 +21,7 @@ This module must stay cheap to import (no torch): `factory` names the implementi
 
 from __future__ import annotations
 
+import functools
 import importlib
 import re
 from collections.abc import Mapping
@@ -174,18 +175,21 @@ def _discover() -> tuple[Toggle, ...]:
     return tuple(found)
 
 
-_TOGGLES: tuple[Toggle, ...] = (*BUILTIN, *_discover())
-_validate(_TOGGLES)
-
-
+@functools.cache
 def toggles() -> tuple[Toggle, ...]:
-    """Every registered toggle: the built-in ones in `BUILTIN` order, then plug-ins by name."""
-    return _TOGGLES
+    """Every registered toggle: the built-in ones in `BUILTIN` order, then plug-ins by name.
+
+    Plug-ins are discovered on the first call (not at import, so that a plug-in module may
+    import this one), then the list is fixed for the life of the process.
+    """
+    found = (*BUILTIN, *_discover())
+    _validate(found)
+    return found
 
 
 def toggle_records() -> list[dict[str, str]]:
     """The registry as a sweep records it in experiment.json."""
-    return [t.record() for t in _TOGGLES]
+    return [t.record() for t in toggles()]
 
 
 def variant_name(flat: Mapping[str, Any]) -> str:
@@ -194,10 +198,11 @@ def variant_name(flat: Mapping[str, Any]) -> str:
     "baseline" with none on, the toggle's short name with one, short names joined by "+" in
     registry order with several, "all" with every toggle on (when there are two or more).
     """
-    on = [t.short for t in _TOGGLES if flat.get(t.key) is True]
+    registered = toggles()
+    on = [t.short for t in registered if flat.get(t.key) is True]
     if not on:
         return "baseline"
-    if len(on) == len(_TOGGLES) and len(on) > 1:
+    if len(on) == len(registered) and len(on) > 1:
         return "all"
     return "+".join(on)
 
@@ -208,7 +213,7 @@ def check_combination(flat: Mapping[str, Any]) -> str | None:
     Refuses two toggles of one kind (two gradient surgeries, say) and a toggle whose
     `requires` the configuration does not meet.
     """
-    on = [t for t in _TOGGLES if flat.get(t.key) is True]
+    on = [t for t in toggles() if flat.get(t.key) is True]
     for kind in KINDS:
         same = [t.key for t in on if t.kind == kind]
         if len(same) > 1:
