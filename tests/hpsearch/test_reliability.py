@@ -1,12 +1,12 @@
 """A sweep survives faults and loses nothing (docs/RELIABILITY.md has the table of figures).
 
-Default tests (under a minute): the fault hook, checkpoint truncation, where a restarted
+Default tests (under a minute): checkpoint truncation, where a restarted
 trial resumes from, atomic JSON and report writes, the metrics file of a restarted run,
 abandoned trials, and the report of a crashed experiment.
 
 Slow tests (`pytest -m slow`, minutes each): `hpsearch train` SIGKILLed while writing a
 checkpoint, then resumed; real sweeps through `python -m hpsearch.cli` with faults injected
-through HPSEARCH_FAULT (trainables/minbert/_faults.py): trials that raise, diverge, get
+through HPSEARCH_FAULT (trainables/minbert/faults.py): trials that raise, diverge, get
 SIGKILLed or run past their time limit; the driver SIGKILLed during a trial's start, while a
 checkpoint is half written and during the report, then resumed; and 50 short trials, two at a
 time, with flat memory.
@@ -30,7 +30,7 @@ import yaml
 from hpsearch import sweep as sweep_mod
 from trainables.atomic import write_json_atomic
 from trainables.errors import ConfigError
-from trainables.minbert import _faults
+from trainables.minbert import faults
 from trainables.minbert.callbacks import MetricsFileWriter
 from trainables.minbert.config import load_trial_config
 from trainables.minbert.run_checkpoint import find_checkpoint, verify_checkpoint
@@ -53,36 +53,6 @@ TINY = [
     "train.evals_per_epoch=3",
     "train.keep_checkpoints=3",
 ]
-
-
-# ============================================================================ the fault hook
-def test_fault_hook_is_inert_unless_set_and_refuses_malformed_values(monkeypatch):
-    monkeypatch.delenv(_faults.ENV, raising=False)
-    assert _faults.check_env() == []
-    assert not _faults.poison_loss(1, seed=0)
-    _faults.before_step(1, seed=0, run_dir=Path("/nonexistent"))  # does nothing
-    faults = _faults.parse("nan_at_step:3@seed=1; sleep_in_checkpoint:0.5@seed=2,step=8")
-    assert faults == [
-        _faults.Fault("nan_at_step", 3.0, seed=1),
-        _faults.Fault("sleep_in_checkpoint", 0.5, seed=2, step=8),
-    ]
-    monkeypatch.setenv(_faults.ENV, "nan_at_step:3@seed=1")
-    assert _faults.poison_loss(3, seed=1) and not _faults.poison_loss(3, seed=2)
-    assert not _faults.poison_loss(2, seed=1)
-    for bad in (
-        "explode:1",
-        "nan_at_step",
-        "nan_at_step:0",
-        "nan_at_step:1.5",
-        "kill_at_step:2@seed=x",
-        "kill_at_step:2@rank=1",
-        "raise_at_step:2@step=2",
-    ):
-        with pytest.raises(ConfigError, match="HPSEARCH_FAULT"):
-            _faults.parse(bad)
-    monkeypatch.setenv(_faults.ENV, "raise_at_step:2@seed=5")
-    with pytest.raises(_faults.InjectedFault, match="raise_at_step 2"):
-        _faults.before_step(2, seed=5, run_dir=Path("/tmp"))
 
 
 # ============================================================================ storage faults
@@ -184,7 +154,7 @@ def _kill(proc: subprocess.Popen) -> None:
 
 # This process may have trained in-process (and so set the torch.distributed rendezvous
 # variables for itself, its port still taken): child processes pick their own.
-_NOT_INHERITED = {_faults.ENV, "MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"}
+_NOT_INHERITED = {faults.ENV, "MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"}
 
 
 def _env(**extra: str) -> dict[str, str]:

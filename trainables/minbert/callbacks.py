@@ -1,10 +1,15 @@
-"""What happens around the training loop: metric files, TensorBoard, progress.
+"""What happens around the training loop: metric files, TensorBoard, progress, time limits.
 
-The loop in `train.py` calls these hooks at fixed points and knows nothing of what they do.
-A Ray Tune trial adds its own callback (in `hpsearch`) that reports each evaluation.
+The loop in `trainer.py` calls these hooks at fixed points and knows nothing of what they do.
+A Ray Tune trial adds its own callback (in `hpsearch`) that reports each evaluation; the fault
+injector of the reliability tests (`faults.py`) is one more callback.
 
+    on_setup(trainer)                            set-up begins, config.json just written
     on_train_start(trainer)                      after setup, before the first step
+    on_step_begin(trainer, step)                 before optimizer step `step` draws its batches
+    on_losses(trainer, step, losses) -> losses   the step's task losses, before they are checked
     on_step_end(trainer, logs)                   after every optimizer step
+    on_checkpoint_staged(trainer, step, staging) a checkpoint written but not yet sealed
     on_evaluate(trainer, metrics, checkpoint)    after every dev evaluation (checkpoint or None)
     on_train_end(trainer, summary)               once, with the final summary
 """
@@ -22,14 +27,34 @@ from trainables.atomic import write_json_atomic, write_text_atomic
 from trainables.errors import TimeLimitExceeded
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from trainables.minbert.trainer import MultitaskTrainer
 
 
 class TrainerCallback:
-    """No-op hooks; override the ones you need."""
+    """No-op hooks; override the ones you need. Steps are 1-based, counted over all phases."""
+
+    def on_setup(self, trainer: MultitaskTrainer) -> None:
+        """Set-up begins: the run folder and config.json exist; data and model do not yet."""
 
     def on_train_start(self, trainer: MultitaskTrainer) -> None:
         pass
+
+    def on_step_begin(self, trainer: MultitaskTrainer, step: int) -> None:
+        """Optimizer step `step` is about to draw its batches."""
+
+    def on_losses(
+        self, trainer: MultitaskTrainer, step: int, losses: dict[str, Tensor]
+    ) -> dict[str, Tensor]:
+        """The per-task losses of step `step` before they are checked and combined.
+
+        Return them unchanged, or replacements (the loop uses what the last callback returns).
+        """
+        return losses
+
+    def on_checkpoint_staged(self, trainer: MultitaskTrainer, step: int, staging: Path) -> None:
+        """The checkpoint of step `step` is written to `staging` and not yet sealed."""
 
     def on_step_end(self, trainer: MultitaskTrainer, logs: dict[str, Any]) -> None:
         pass

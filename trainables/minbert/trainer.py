@@ -33,7 +33,7 @@ import torch
 
 from trainables.atomic import write_json_atomic
 from trainables.errors import NonFiniteLossError
-from trainables.minbert import _faults, run_checkpoint
+from trainables.minbert import faults, run_checkpoint
 from trainables.minbert import metrics as M
 from trainables.minbert.callbacks import (
     MetricsFileWriter,
@@ -107,7 +107,13 @@ class MultitaskTrainer:
         self.out_dir = Path(out_dir)
         self.rank, self.world_size = _dist_rank_and_size()
         own = [MetricsFileWriter(self.out_dir), TensorBoardLogger(self.out_dir / "tb")]
-        self.callbacks: list[TrainerCallback] = [*(own if self.rank == 0 else []), *callbacks]
+        armed = faults.armed()  # the reliability tests' faults; none in real runs
+        injector = [faults.FaultInjector(armed)] if armed else []
+        self.callbacks: list[TrainerCallback] = [
+            *(own if self.rank == 0 else []),
+            *callbacks,
+            *injector,
+        ]
         self.resume_from = Path(resume_from) if resume_from else None
         self.step = 0  # optimizer steps taken, over both phases
         self.evals_done = 0
@@ -125,7 +131,8 @@ class MultitaskTrainer:
         (self.out_dir / "predictions").mkdir(exist_ok=True)
         if self.rank == 0:
             write_json_atomic(self.out_dir / "config.json", cfg.model_dump())
-        _faults.in_setup(cfg.train.seed, self.out_dir)  # test hook; inert unless HPSEARCH_FAULT
+        for cb in self.callbacks:
+            cb.on_setup(self)
         seed_everything(cfg.train.seed)
         self.tokenizer, encoder = build_encoder(cfg)
         self.data = load_multitask_data(cfg.data, self.tokenizer, cfg.model.pair_encoding)
@@ -258,12 +265,14 @@ class MultitaskTrainer:
         self, tasks: tuple[str, ...], streams: dict[str, TaskStream]
     ) -> dict[str, Any]:
         """One optimizer step: a batch per task, per-task losses, combined gradients, update."""
-        _faults.before_step(self.step + 1, self.cfg.train.seed, self.out_dir)  # test hook
+        step = self.step + 1
+        for cb in self.callbacks:
+            cb.on_step_begin(self, step)
         self.model.train()
         batches = {t: streams[t].next() for t in tasks}
         losses = {t: self.model.loss(b) for t, b in batches.items()}
-        if _faults.poison_loss(self.step + 1, self.cfg.train.seed):  # test hook
-            losses = {t: loss * float("nan") for t, loss in losses.items()}
+        for cb in self.callbacks:
+            losses = cb.on_losses(self, step, losses)
         for task, loss in losses.items():
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
@@ -369,7 +378,8 @@ class MultitaskTrainer:
         self.engine.save_checkpoint(
             str(staging), tag=run_checkpoint.tag_of(self.step), save_latest=False
         )
-        _faults.in_checkpoint(self.cfg.train.seed, self.out_dir, self.step)  # test hook
+        for cb in self.callbacks:
+            cb.on_checkpoint_staged(self, self.step, staging)
         _barrier()
         if self.rank != 0:
             return root / run_checkpoint.tag_of(self.step)
