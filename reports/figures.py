@@ -4,7 +4,7 @@ Every function takes DataFrames and returns a `Figure`: either `png` bytes or, w
 nothing to draw, `png is None` and a `note` saying why the figure was skipped.
 
     from reports import figures
-    fig = figures.learning_curves(res.curves, res.trials)
+    fig = figures.learning_curves(res.curves, res.trials, toggles=res.toggles)
     if fig.png: Path("curves.png").write_bytes(fig.png)
 """
 
@@ -16,14 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
+import pandas as pd  # type: ignore[import-untyped, unused-ignore]  # pandas ships no types
 
-from reports.tables import (
-    NOT_HYPERPARAMETERS,
-    ROW_LABELS,
-    order_variants,
-    variant_labels,
-)
+from reports.score_tables import ROW_LABELS
+from reports.search_tables import NOT_HYPERPARAMETERS
+from reports.variants import Toggle, order_variants, variant_labels
 
 STATUS_COLOURS = {
     "finished": "#1f77b4",
@@ -46,7 +43,9 @@ class Figure:
     note: str = ""
 
 
-def learning_curves(curves: pd.DataFrame, trials: pd.DataFrame) -> Figure:
+def learning_curves(
+    curves: pd.DataFrame, trials: pd.DataFrame, *, toggles: Sequence[Toggle]
+) -> Figure:
     """Dev metrics against step, per variant: mean over its finished trials, band ± 1 std.
 
     A variant with no finished trial is drawn from all of its trials (dashed).
@@ -55,9 +54,9 @@ def learning_curves(curves: pd.DataFrame, trials: pd.DataFrame) -> Figure:
     if curves.empty or curves["step"].notna().sum() == 0:
         return Figure(name, title, None, "no evaluations in any metrics.jsonl")
     finished_ids = set(trials.loc[trials["status"] == "finished", "trial_id"])
-    variants = order_variants(curves["variant"])
-    labels = variant_labels(variants)
-    colours = variant_colours(curves)
+    variants = order_variants(curves["variant"], toggles)
+    labels = variant_labels(variants, toggles)
+    colours = variant_colours(curves, toggles)
 
     def draw(axes: Any) -> None:
         for ax, metric in zip(axes.ravel(), ROW_LABELS, strict=False):
@@ -103,6 +102,8 @@ def score_vs_params(
     searched: Sequence[str],
     is_log: Callable[[str], bool],
     metric: str = "dev_overall",
+    *,
+    toggles: Sequence[Toggle],
 ) -> Figure:
     """`metric` of every trial against each searched hyperparameter, coloured by status.
 
@@ -111,6 +112,7 @@ def score_vs_params(
         searched: dotted keys the search varied ("variant"/"train.seed" are skipped).
         is_log: whether a key was searched on a log scale (log x axis).
         metric: the y axis; for unfinished trials their latest evaluation.
+        toggles: the recorded extension toggles (they order the variant axis).
     """
     name, title = "score_vs_params", f"{metric} against each searched hyperparameter"
     keys = [k for k in searched if k not in NOT_HYPERPARAMETERS and f"config/{k}" in trials]
@@ -141,7 +143,7 @@ def score_vs_params(
                     ax.set_xscale("log")
             else:
                 cats = (
-                    order_variants(col.dropna())
+                    order_variants(col.dropna(), toggles)
                     if key == "variant"
                     else sorted({str(v) for v in col.dropna()})
                 )
@@ -224,15 +226,15 @@ def effects_forest(
     return Figure(name, title, _render(draw, 1, len(panels), size=(5.5 * len(panels), height)))
 
 
-def pcgrad_conflicts(curves: pd.DataFrame) -> Figure:
+def pcgrad_conflicts(curves: pd.DataFrame, *, toggles: Sequence[Toggle]) -> Figure:
     """PCGrad's gradient conflict rate against step: each trial thin, variant mean thick."""
     name, title = "pcgrad_conflicts", "PCGrad: share of conflicting task-gradient pairs"
     has = curves[pd.to_numeric(curves["pcgrad_conflict_rate"], errors="coerce").notna()]
     if has.empty:
         return Figure(name, title, None, "no trial recorded pcgrad_conflict_rate")
-    variants = order_variants(has["variant"])
-    labels = variant_labels(variants)
-    colours = variant_colours(curves)
+    variants = order_variants(has["variant"], toggles)
+    labels = variant_labels(variants, toggles)
+    colours = variant_colours(curves, toggles)
 
     def draw(axes: Any) -> None:
         ax = axes.ravel()[0]
@@ -258,9 +260,9 @@ def pcgrad_conflicts(curves: pd.DataFrame) -> Figure:
     return Figure(name, title, _render(draw, 1, 1, size=(7, 4)))
 
 
-def variant_colours(curves: pd.DataFrame) -> dict[str, str]:
+def variant_colours(curves: pd.DataFrame, toggles: Sequence[Toggle]) -> dict[str, str]:
     """One colour per variant, the same in every figure drawn from these curves."""
-    return {v: f"C{i % 10}" for i, v in enumerate(order_variants(curves["variant"]))}
+    return {v: f"C{i % 10}" for i, v in enumerate(order_variants(curves["variant"], toggles))}
 
 
 def _render(

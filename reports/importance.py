@@ -1,7 +1,7 @@
 """Hyperparameter importances from the sweep's Optuna study (fANOVA).
 
     from reports.importance import importance_table
-    table = importance_table(exp_dir, experiment)   # a reports.tables.Table, possibly with
+    table = importance_table(exp_dir, experiment)   # a reports.table.Table, possibly with
                                                     # only a note saying why it is empty
 
 The study is read from `EXP_DIR/optuna.journal` (Optuna's JournalStorage with a
@@ -19,9 +19,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+import pandas as pd  # type: ignore[import-untyped, unused-ignore]  # pandas ships no types
 
-from reports.tables import Table, objectives
+from reports.search_tables import objectives
+from reports.table import Table
 
 JOURNAL = "optuna.journal"
 

@@ -10,27 +10,39 @@ writes into EXP_DIR/report/:
     <table>.tex          booktabs tables (\\toprule/\\midrule/\\bottomrule)
     figures/<name>.png   the figures
     best_config.yaml     the best trial's config in `hpsearch train` form, with the command
-Every file is written atomically (a temporary file in the same folder, then os.replace), so a
-reader never sees half a report.
+Every file is written atomically (`trainables.atomic`: a temporary file in the same folder,
+fsynced, then renamed over the old one), so a reader never sees half a report.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
+import pandas as pd  # type: ignore[import-untyped, unused-ignore]  # pandas ships no types
 
-from reports import figures as figs
-from reports import tables as tbl
+from reports import figures
+from reports.best_config import RERUN_COMMAND, best_config, best_config_yaml
+from reports.effects import toggle_effects, variant_effects
 from reports.figures import Figure
 from reports.importance import importance_table
-from reports.results import Results, load_results
-from reports.tables import Table
+from reports.results import STATUSES, Results, load_results
+from reports.score_tables import config_table, metric_table
+from reports.search_tables import (
+    best_per_variant,
+    best_trial,
+    continuous_keys,
+    is_sampled,
+    log_scaled,
+    objectives,
+    pareto_table,
+)
+from reports.sweep_tables import budget_table, status_table
+from reports.table import Table
+from reports.variants import BASELINE, BASELINE_LABEL, order_variants, variant_label
+from trainables.atomic import write_bytes_atomic, write_text_atomic
 
 REPORT_DIR = "report"
 FIGURE_DIR = "figures"
@@ -99,54 +111,61 @@ def assemble(
     res: Results, best_path: Path, *, n_resamples: int = 10_000, seed: int = 0
 ) -> tuple[list[Section], str | None]:
     """All sections of the report, in reading order, plus the best_config.yaml text."""
-    trials = res.trials
-    objs = tbl.objectives(res.experiment)
+    trials, toggles = res.trials, res.toggles
+    objs = objectives(res.experiment)
     metric, mode = objs[0]
     if metric not in trials:
         res.warnings.append(
             f"objective {metric!r} is not a reported metric: ranked by dev_overall (max) instead"
         )
         metric, mode = "dev_overall", "max"
-    sampled = tbl.is_sampled(trials, res.searched, res.search_space)
+    sampled = is_sampled(trials, res.searched, res.search_space)
 
     sections = [
         Section(
             "Budget and data notes",
             [
                 _headline(res, metric, mode),
-                tbl.budget_table(trials, res.experiment, res.warnings, sampled),
+                budget_table(trials, res.experiment, res.warnings, sampled),
             ],
         )
     ]
 
     scores = Section("Scores per variant")
     for split in ("dev", "train", "test"):
-        t = tbl.metric_table(trials, split)
+        table = metric_table(trials, split, toggles=toggles)
         if sampled:
-            t.notes.append(
+            table.notes.append(
                 "This space was sampled: a variant's trials also differ in "
-                f"{', '.join(tbl.continuous_keys(trials, res.searched, res.search_space))}"
+                f"{', '.join(continuous_keys(trials, res.searched, res.search_space))}"
                 ", so the spread mixes seeds and hyperparameters."
             )
-        scores.blocks.append(t)
-    scores.blocks.append(tbl.config_table(trials))
+        scores.blocks.append(table)
+    scores.blocks.append(config_table(trials, toggles=toggles))
     sections.append(scores)
 
     if sampled or len(objs) > 1:
         search = Section("Search results")
         if sampled:
-            search.blocks.append(tbl.best_per_variant(trials, res.searched, metric, mode))
+            search.blocks.append(
+                best_per_variant(trials, res.searched, metric, mode, toggles=toggles)
+            )
         if len(objs) > 1:
-            search.blocks.append(tbl.pareto_table(trials, objs))
+            search.blocks.append(pareto_table(trials, objs))
         sections.append(search)
 
     baseline = next(
-        (v for v in tbl.order_variants(trials["variant"]) if tbl.variant_label(v) == "Baseline"),
-        "baseline",
+        (
+            v
+            for v in order_variants(trials["variant"], toggles)
+            if variant_label(v, toggles) == BASELINE_LABEL
+        ),
+        BASELINE,
     )
-    kw = {"n_resamples": n_resamples, "seed": seed}
-    by_variant = tbl.variant_effects(trials, baseline=baseline, **kw)
-    by_toggle = tbl.toggle_effects(trials, **kw)
+    by_variant = variant_effects(
+        trials, toggles=toggles, baseline=baseline, n_resamples=n_resamples, seed=seed
+    )
+    by_toggle = toggle_effects(trials, toggles=toggles, n_resamples=n_resamples, seed=seed)
     effects = pd.concat(
         [d for d in (by_variant.data, by_toggle.data) if not d.empty] or [by_variant.data]
     )
@@ -156,31 +175,35 @@ def assemble(
             [
                 by_variant,
                 by_toggle,
-                figs.effects_forest(effects),
+                figures.effects_forest(effects),
             ],
         )
     )
 
     def is_log(key: str) -> bool:
-        return tbl.log_scaled(key, trials, res.search_space)
+        return log_scaled(key, trials, res.search_space)
 
     sections.append(
         Section(
             "Training and search",
             [
-                figs.learning_curves(res.curves, trials),
-                figs.score_vs_params(
-                    trials, res.searched, is_log, metric if metric in trials else "dev_overall"
+                figures.learning_curves(res.curves, trials, toggles=toggles),
+                figures.score_vs_params(
+                    trials,
+                    res.searched,
+                    is_log,
+                    metric if metric in trials else "dev_overall",
+                    toggles=toggles,
                 ),
                 importance_table(res.exp_dir, res.experiment, seed=seed),
-                figs.pcgrad_conflicts(res.curves),
+                figures.pcgrad_conflicts(res.curves, toggles=toggles),
             ],
         )
     )
 
-    sections.append(Section("Trial status", [tbl.status_table(trials)]))
+    sections.append(Section("Trial status", [status_table(trials, toggles=toggles)]))
 
-    best = tbl.best_config(trials, res.configs, metric, mode)
+    best = best_config(trials, res.configs, metric, mode)
     best_yaml = None
     if best is None:
         sections.append(
@@ -191,7 +214,7 @@ def assemble(
         )
     else:
         row, config = best
-        best_yaml = tbl.best_config_yaml(
+        best_yaml = best_config_yaml(
             row, config, metric, mode, str(best_path), str(res.experiment.get("name", ""))
         )
         sections.append(
@@ -202,7 +225,7 @@ def assemble(
                     f"({mode}): {row[metric]:.3f}. Its config, as `{BEST_CONFIG}`:",
                     Code(best_yaml),
                     "Re-run it with:",
-                    Code(tbl.RERUN_COMMAND.format(config=best_path)),
+                    Code(RERUN_COMMAND.format(config=best_path)),
                 ],
             )
         )
@@ -212,9 +235,9 @@ def assemble(
 def _headline(res: Results, metric: str, mode: str) -> str:
     trials = res.trials
     counts = trials["status"].value_counts()
-    parts = ", ".join(f"{int(counts[s])} {s}" for s in tbl.STATUSES if counts.get(s, 0))
+    parts = ", ".join(f"{int(counts[st])} {st}" for st in STATUSES if counts.get(st, 0))
     text = f"{len(trials)} trials ({parts or 'none'})."
-    best = tbl.best_trial(trials, metric, mode)
+    best = best_trial(trials, metric, mode)
     if best is not None:
         text += (
             f" Best {metric}: {best[metric]:.3f} (trial {best['trial_id']}, variant "
@@ -381,18 +404,11 @@ def _latex_escape(text: str) -> str:
 
 
 def atomic_write(path: Path, data: str | bytes) -> None:
-    """Write `data` to `path` via a temporary file in the same folder and os.replace."""
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write one report file, text or PNG bytes, through the project's one atomic writer."""
+    if isinstance(data, str):
+        write_text_atomic(path, data)
+    else:
+        write_bytes_atomic(path, data)
 
 
 __all__ = [

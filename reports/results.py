@@ -5,6 +5,7 @@
     res.trials      # one row per trial: status, variant, seed, config/<key>, dev_/train_/test_ metrics
     res.curves      # one row per evaluation (metrics.jsonl), long form
     res.warnings    # what was missing or unreadable, one line each
+    res.toggles     # the extension toggles experiment.json recorded (variant names, labels)
 
 The folder layout is the sweep driver's contract (docs/REPORTS.md): `experiment.json`,
 `search_space.yaml`, `optuna.journal`, `trials/<trial_id>.json`, and in each trial's folder
@@ -22,16 +23,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
+import pandas as pd  # type: ignore[import-untyped, unused-ignore]  # pandas ships no types
 import yaml
 
 from reports.errors import ReportError
+from reports.table import finished_trials
+from reports.variants import Toggle, toggles_from_records, variant_name
 
 SPLITS = ("dev", "train", "test")
 TASK_METRICS = ("sst_acc", "para_acc", "sts_r", "overall")
-METRICS = tuple(f"{s}_{m}" for s in SPLITS for m in TASK_METRICS)
+METRICS = tuple(f"{split}_{m}" for split in SPLITS for m in TASK_METRICS)
 STATUSES = ("finished", "stopped", "failed", "running", "pending", "corrupt")
-EXTENSION_TOGGLES = ("extensions.cosine_sts", "extensions.pcgrad", "extensions.sequential_sts")
 CURVE_COLUMNS = (
     "trial_id",
     "variant",
@@ -81,6 +83,8 @@ class Results:
         warnings: one line per data problem found while reading.
         configs: trial_id -> the flat dotted config exactly as the trial file holds it.
         search_space: `search_space.yaml` parsed with `yaml.safe_load` (None when missing).
+        toggles: the extension toggles experiment.json records, in registry order; they name
+            and label the variants. Empty when it records none (a warning says so).
     """
 
     exp_dir: Path
@@ -91,11 +95,12 @@ class Results:
     warnings: list[str] = field(default_factory=list)
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     search_space: dict[str, Any] | None = None
+    toggles: tuple[Toggle, ...] = ()
 
     @property
     def finished(self) -> pd.DataFrame:
         """Rows of trials whose status is "finished"."""
-        return self.trials[self.trials["status"] == "finished"]
+        return finished_trials(self.trials)
 
 
 def load_results(exp_dir: str | Path) -> Results:
@@ -117,7 +122,9 @@ def load_results(exp_dir: str | Path) -> Results:
             "pass the folder named after the sweep, e.g. results/<name>"
         )
     warnings: list[str] = []
-    experiment = _read_experiment(exp_dir / "experiment.json", warnings)
+    recorded = _read_experiment(exp_dir / "experiment.json", warnings)
+    experiment = recorded if recorded is not None else {}
+    toggles = _read_toggles(recorded, warnings) if recorded is not None else ()
     search_space = _read_search_space(exp_dir / "search_space.yaml", warnings)
 
     rows: list[dict[str, Any]] = []
@@ -132,7 +139,7 @@ def load_results(exp_dir: str | Path) -> Results:
         if record is None:
             rows.append(_corrupt_row(path, warnings[-1]))
             continue
-        row, curve, config = _trial_row(record, exp_dir, warnings)
+        row, curve, config = _trial_row(record, exp_dir, toggles, warnings)
         if row["trial_id"] in configs:
             warnings.append(
                 f"{path.name}: trial_id {row['trial_id']} appears twice; kept both rows"
@@ -163,6 +170,7 @@ def load_results(exp_dir: str | Path) -> Results:
         warnings=warnings,
         configs=configs,
         search_space=search_space,
+        toggles=toggles,
     )
 
 
@@ -171,39 +179,41 @@ def cs224n_overall(sst_acc: float, para_acc: float, sts_r: float) -> float:
     return (sst_acc + para_acc + (sts_r + 1.0) / 2.0) / 3.0
 
 
-def derive_variant(config: dict[str, Any]) -> str:
-    """Name a trial by its extension toggles when the sweep recorded no variant.
-
-    Same names as the search spaces use: "baseline", "cosine", "pcgrad", "sequential",
-    "cosine+pcgrad", ..., "all".
-    """
-    names = {
-        "extensions.cosine_sts": "cosine",
-        "extensions.pcgrad": "pcgrad",
-        "extensions.sequential_sts": "sequential",
-    }
-    on = [names[k] for k in EXTENSION_TOGGLES if config.get(k) is True]
-    if not on:
-        return "baseline"
-    return "all" if len(on) == len(EXTENSION_TOGGLES) else "+".join(on)
-
-
 # ---------------------------------------------------------------------------- file readers
 
 
-def _read_experiment(path: Path, warnings: list[str]) -> dict[str, Any]:
+def _read_experiment(path: Path, warnings: list[str]) -> dict[str, Any] | None:
+    """experiment.json as a dict; None (and a warning) when it is missing or unreadable."""
     if not path.is_file():
         warnings.append(f"{path.name} is missing: experiment name, metric and budget unknown")
-        return {}
+        return None
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         warnings.append(f"{path.name} is unreadable ({_one_line(exc)}): ignored")
-        return {}
+        return None
     if not isinstance(data, dict):
         warnings.append(f"{path.name} is not a JSON object: ignored")
-        return {}
+        return None
     return data
+
+
+def _read_toggles(experiment: dict[str, Any], warnings: list[str]) -> tuple[Toggle, ...]:
+    """The toggles experiment.json records; none (and a warning) when it records no list."""
+    if "toggles" not in experiment:
+        warnings.append(
+            "experiment.json records no extension toggles (written before sweeps recorded "
+            "them): toggles unknown, variants are shown by name"
+        )
+        return ()
+    toggles = toggles_from_records(experiment["toggles"])
+    if toggles is None:
+        warnings.append(
+            "experiment.json: its toggles list is malformed (each entry needs key, name, "
+            "short and label strings): toggles unknown, variants are shown by name"
+        )
+        return ()
+    return toggles
 
 
 def _read_search_space(path: Path, warnings: list[str]) -> dict[str, Any] | None:
@@ -247,7 +257,7 @@ def _corrupt_row(path: Path, reason: str) -> dict[str, Any]:
 
 
 def _trial_row(
-    record: dict[str, Any], exp_dir: Path, warnings: list[str]
+    record: dict[str, Any], exp_dir: Path, toggles: tuple[Toggle, ...], warnings: list[str]
 ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
     trial_id = record["trial_id"]
     config: dict[str, Any] = dict(record["config"])
@@ -257,7 +267,7 @@ def _trial_row(
         status = "pending"
     variant = record.get("variant")
     if not isinstance(variant, str) or not variant:
-        variant = derive_variant(config)
+        variant = variant_name(config, toggles)
     trial_dir = _resolve_trial_dir(record.get("trial_dir"), exp_dir)
     row: dict[str, Any] = {
         "trial_id": trial_id,

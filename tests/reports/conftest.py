@@ -9,6 +9,10 @@ a real Optuna journal with the grid's single `grid_point` parameter.
 `sampled_exp`: a TPE-style space over train.lr (log), model.dropout and cosine_sts, with a real
 Optuna journal, for the sampled-space tables, importances and scatter plots.
 
+Both record the extension toggles in experiment.json as every sweep does (`TOGGLE_RECORDS`,
+the registry's built-in toggles); `fx.TOGGLES` is that list as `reports.variants.Toggle`s,
+for tests of tables built from hand-made frames.
+
 Tests reach the builders and the expected values through the `fx` fixture (pytest runs with
 --import-mode=importlib, so test modules cannot import this file by name).
 """
@@ -27,6 +31,17 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
+from reports.variants import toggles_from_records
+
+# experiment.json's "toggles": what a sweep records from the extension registry
+TOGGLE_RECORDS = [
+    {"key": "extensions.cosine_sts", "name": "cosine_sts", "short": "cosine", "label": "Cosine"},
+    {"key": "extensions.pcgrad", "name": "pcgrad", "short": "pcgrad", "label": "Gradient Surgery"},
+    {"key": "extensions.sequential_sts", "name": "sequential_sts", "short": "sequential",
+     "label": "Sequential Learning"},
+]  # fmt: skip
+TOGGLES = toggles_from_records(TOGGLE_RECORDS)
+
 
 def overall(sst: float, para: float, sts: float) -> float:
     return (sst + para + (sts + 1) / 2) / 3
@@ -42,7 +57,7 @@ DEV: dict[str, dict[int, tuple[float, float, float]]] = {
     "sequential": {1: (0.53, 0.71, 0.28), 2: (0.51, 0.70, 0.27), 3: (0.54, 0.72, 0.29)},
     "all": {1: (0.56, 0.78, 0.45)},
 }
-TOGGLES = {
+VARIANT_TOGGLES = {
     "baseline": (False, False, False),
     "cosine": (True, False, False),
     "pcgrad": (False, True, False),
@@ -71,7 +86,7 @@ def train_scores(dev: tuple[float, float, float]) -> tuple[float, float, float]:
 
 
 def config_for(variant: str, seed: int, **extra: Any) -> dict[str, Any]:
-    cos, pc, seq = TOGGLES[variant]
+    cos, pc, seq = VARIANT_TOGGLES[variant]
     cfg = {
         "model.checkpoint": "minilm",
         "model.dropout": 0.3,
@@ -199,6 +214,7 @@ def build_paper_exp(exp: Path) -> dict[str, Any]:
             "total_trials": 15,
             "created": "2026-11-02T10:00:00",
             "command": "hpsearch sweep search_spaces/paper_ablation.yaml",
+            "toggles": TOGGLE_RECORDS,
         },
     )
     (exp / "search_space.yaml").write_text(
@@ -207,7 +223,7 @@ def build_paper_exp(exp: Path) -> dict[str, Any]:
                 "name": "paper_ablation",
                 "search": {"sampler": "grid", "metric": "dev_overall", "mode": "max"},
                 "parameters": {},
-                "variants": {v: {} for v in TOGGLES},
+                "variants": {v: {} for v in VARIANT_TOGGLES},
                 "seeds": [1, 2, 3],
             }
         )
@@ -295,6 +311,7 @@ def build_sampled_exp(exp: Path) -> None:
             "total_trials": 10,
             "created": "2026-11-02T11:00:00",
             "command": "hpsearch sweep search_spaces/demo.yaml",
+            "toggles": TOGGLE_RECORDS,
         },
     )
     (exp / "search_space.yaml").write_text(
@@ -350,6 +367,8 @@ def fx() -> SimpleNamespace:
         DEV=DEV,
         SAMPLED=SAMPLED,
         SAMPLED_SEARCHED=SAMPLED_SEARCHED,
+        TOGGLE_RECORDS=TOGGLE_RECORDS,
+        TOGGLES=TOGGLES,
         overall=overall,
         held_out_scores=held_out_scores,
         write_trial=write_trial,

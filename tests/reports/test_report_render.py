@@ -16,7 +16,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from reports import ReportError, build_report, load_results, tables
+from reports import ReportError, build_report, load_results
+from reports.effects import variant_effects
 from reports.render import atomic_write
 
 TABLES = ["budget", "table1_dev", "table2_train", "table3_test", "table4_configs",
@@ -83,7 +84,8 @@ def test_csv_holds_exact_values(paper_report: Path, fx: SimpleNamespace) -> None
     assert status.loc["pcgrad_s3", "status"] == "failed"
     assert status.loc["sequential_s4", "dev_overall"] == fx.overall(0.35, 0.62, 0.12)
     effects = pd.read_csv(paper_report / "effects_variants.csv")
-    in_memory = tables.variant_effects(load_results(paper_report.parent).trials)
+    res = load_results(paper_report.parent)
+    in_memory = variant_effects(res.trials, toggles=res.toggles)
     assert effects["diff"].tolist() == pytest.approx(in_memory.data["diff"].tolist(), abs=0)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from reports import ReportError, load_results
-from reports.results import derive_variant
+from reports.variants import variant_name
 
 
 def test_every_trial_file_is_a_row_with_its_status(paper_exp: Path) -> None:
@@ -113,6 +113,7 @@ def test_missing_variant_is_derived_and_missing_overall_computed(
 ) -> None:
     exp = tmp_path / "exp"
     (exp / "trials").mkdir(parents=True)
+    (exp / "experiment.json").write_text(json.dumps({"toggles": fx.TOGGLE_RECORDS}))
     (exp / "trials" / "x.json").write_text(json.dumps({
         "trial_id": "x", "status": "running", "trial_dir": "runs/x", "variant": None,
         "config": {"extensions.cosine_sts": True, "extensions.pcgrad": True,
@@ -130,12 +131,12 @@ def test_missing_variant_is_derived_and_missing_overall_computed(
     assert any("dev_overall missing, computed" in w for w in res.warnings)
 
 
-def test_derive_variant_names() -> None:
+def test_variant_names_from_the_recorded_toggles(fx: SimpleNamespace) -> None:
     off = {"extensions.cosine_sts": False, "extensions.pcgrad": False,
            "extensions.sequential_sts": False}  # fmt: skip
-    assert derive_variant(off) == "baseline"
-    assert derive_variant({**off, "extensions.sequential_sts": True}) == "sequential"
-    assert derive_variant({k: True for k in off}) == "all"
+    assert variant_name(off, fx.TOGGLES) == "baseline"
+    assert variant_name({**off, "extensions.sequential_sts": True}, fx.TOGGLES) == "sequential"
+    assert variant_name({k: True for k in off}, fx.TOGGLES) == "all"
 
 
 def test_not_an_experiment_folder_is_one_clear_line(tmp_path: Path) -> None:

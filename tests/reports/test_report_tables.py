@@ -12,8 +12,21 @@ import pytest
 import yaml
 
 from reports import load_results
-from reports import tables as tbl
+from reports.best_config import best_config, best_config_yaml, nest
+from reports.effects import EFFECT_METRICS, toggle_effects, variant_effects
+from reports.score_tables import config_table, metric_table
+from reports.search_tables import (
+    best_per_variant,
+    continuous_keys,
+    is_sampled,
+    log_scaled,
+    objectives,
+    pareto_table,
+)
 from reports.stats import SINGLE_RUN
+from reports.sweep_tables import budget_table, status_table
+from reports.table import format_hms
+from reports.variants import order_variants, variant_labels
 
 CONTAINS_0 = "interval contains 0 - not distinguishable from baseline"
 
@@ -31,7 +44,7 @@ def frame(rows: list[dict]) -> pd.DataFrame:
     return df
 
 
-def test_metric_table_mean_std_n_and_reference_order() -> None:
+def test_metric_table_mean_std_n_and_reference_order(fx: SimpleNamespace) -> None:
     rows = []
     for v, vals in {"extra": [0.7], "all": [0.9], "baseline": [0.50, 0.52, 0.54],
                     "pcgrad": [0.6, 0.64]}.items():  # fmt: skip
@@ -41,7 +54,7 @@ def test_metric_table_mean_std_n_and_reference_order() -> None:
     rows.append({"trial_id": "s", "status": "stopped", "variant": "baseline", "seed": 9,
                  "dev_sst_acc": 0.0})  # fmt: skip
     rows.append({"trial_id": "f", "status": "failed", "variant": "cosine", "seed": 1})
-    t = tbl.metric_table(frame(rows), "dev")
+    t = metric_table(frame(rows), "dev", toggles=fx.TOGGLES)
     assert list(t.display.columns) == ["Baseline", "Gradient Surgery", "All Extensions", "extra"]
     assert list(t.display.index) == ["Sentiment Accuracy", "Paraphrase Accuracy",
                                      "Similarity Correlation", "Overall"]  # fmt: skip
@@ -63,8 +76,9 @@ def test_metric_table_mean_std_n_and_reference_order() -> None:
 
 
 def test_dev_and_test_tables_of_the_fixture_sweep(paper_exp: Path, fx: SimpleNamespace) -> None:
-    trials = load_results(paper_exp).trials
-    dev = tbl.metric_table(trials, "dev")
+    res = load_results(paper_exp)
+    trials = res.trials
+    dev = metric_table(trials, "dev", toggles=res.toggles)
     data = dev.data.set_index(["metric", "variant"])
     for variant, runs in fx.DEV.items():
         for k, metric in enumerate(("dev_sst_acc", "dev_para_acc", "dev_sts_r")):
@@ -86,13 +100,14 @@ def test_dev_and_test_tables_of_the_fixture_sweep(paper_exp: Path, fx: SimpleNam
     assert list(dev.display.columns) == ["Baseline", "Cosine", "Gradient Surgery",
                                          "Sequential Learning", "All Extensions"]  # fmt: skip
     assert "1 stopped early, 1 failed, 1 never started, 1 with a corrupt" in dev.notes[2]
-    test = tbl.metric_table(trials, "test")
+    test = metric_table(trials, "test", toggles=res.toggles)
     assert test.name == "table3_test"
     assert test.display.loc["Sentiment Accuracy", "Baseline"] == "0.510 ± 0.020 (n=3)"
 
 
 def test_config_table(paper_exp: Path) -> None:
-    t = tbl.config_table(load_results(paper_exp).trials)
+    res = load_results(paper_exp)
+    t = config_table(res.trials, toggles=res.toggles)
     row = t.display.loc["Baseline"]
     assert row["Train time"] == "0:23:49"  # mean of 1428, 1429, 1430 s
     assert row["Train time (s)"] == "1429.0 ± 1.0"
@@ -104,22 +119,23 @@ def test_config_table(paper_exp: Path) -> None:
     assert data.loc["baseline", "train.lr"] == 1e-05
 
 
-def test_config_table_shows_ranges_of_varying_settings() -> None:
+def test_config_table_shows_ranges_of_varying_settings(fx: SimpleNamespace) -> None:
     df = frame([
         {"trial_id": "a", "status": "finished", "variant": "baseline", "train_time_s": 10.0,
          "config/train.lr": 1e-5, "config/model.dropout": 0.1},
         {"trial_id": "b", "status": "finished", "variant": "baseline", "train_time_s": 20.0,
          "config/train.lr": 3e-5, "config/model.dropout": 0.1},
     ])  # fmt: skip
-    t = tbl.config_table(df)
+    t = config_table(df, toggles=fx.TOGGLES)
     assert t.display.loc["Baseline", "Learning rate"] == "1.00e-05–3.00e-05 (varies)"
     assert t.display.loc["Baseline", "Dropout rate"] == "0.1"
     assert t.display.loc["Baseline", "Train time"] == "0:00:15"
 
 
 def test_variant_effects_paired_unpaired_single_and_contains_zero(paper_exp: Path) -> None:
-    trials = load_results(paper_exp).trials
-    t = tbl.variant_effects(trials, n_resamples=10_000, seed=0)
+    res = load_results(paper_exp)
+    trials = res.trials
+    t = variant_effects(trials, toggles=res.toggles, n_resamples=10_000, seed=0)
     d = t.data.set_index(["comparison", "metric"])
     cos = d.loc[("Cosine − Baseline", "dev_sts_r")]
     assert cos["paired"] and cos["n_a"] == 3 and cos["n_b"] == 3
@@ -135,15 +151,15 @@ def test_variant_effects_paired_unpaired_single_and_contains_zero(paper_exp: Pat
     one = d.loc[("All Extensions − Baseline", "test_overall")]
     assert one["verdict"] == SINGLE_RUN and np.isnan(one["ci_low"])
     # the same seed gives the same table
-    again = tbl.variant_effects(trials, n_resamples=10_000, seed=0).data
+    again = variant_effects(trials, toggles=res.toggles, n_resamples=10_000, seed=0).data
     pd.testing.assert_frame_equal(t.data, again)
-    assert set(t.data["metric"]) == set(tbl.EFFECT_METRICS)
+    assert set(t.data["metric"]) == set(EFFECT_METRICS)
     shown = t.display.set_index(["Comparison", "Metric"])
     assert shown.loc[("Cosine − Baseline", "dev_sts_r"), "Difference"] == "+0.100"
     assert shown.loc[("All Extensions − Baseline", "dev_overall"), "95% CI"] == "–"
 
 
-def test_toggle_effects_recognise_a_full_factorial() -> None:
+def test_toggle_effects_recognise_a_full_factorial(fx: SimpleNamespace) -> None:
     rows = []
     for cos in (False, True):
         for pc in (False, True):
@@ -153,18 +169,21 @@ def test_toggle_effects_recognise_a_full_factorial() -> None:
                              "config/extensions.cosine_sts": cos,
                              "config/extensions.pcgrad": pc,
                              "dev_overall": 0.5 + 0.1 * cos + 0.01 * seed})  # fmt: skip
-    t = tbl.toggle_effects(frame(rows), metrics=["dev_overall"], n_resamples=2000)
+    t = toggle_effects(frame(rows), toggles=fx.TOGGLES, metrics=["dev_overall"], n_resamples=2000)
     d = t.data.set_index("comparison")
     assert d.loc["cosine_sts: on − off", "diff"] == pytest.approx(0.1)
     assert d.loc["pcgrad: on − off", "diff"] == pytest.approx(0.0, abs=1e-12)
     assert d.loc["pcgrad: on − off", "contains_zero"]
     assert "full factorial" in t.notes[0] and "main effect" in t.notes[0]
-    partial = tbl.toggle_effects(frame(rows[:-2]), metrics=["dev_overall"], n_resamples=100)
+    partial = toggle_effects(
+        frame(rows[:-2]), toggles=fx.TOGGLES, metrics=["dev_overall"], n_resamples=100
+    )
     assert "Not a full factorial" in partial.notes[0]
 
 
 def test_status_table(paper_exp: Path) -> None:
-    t = tbl.status_table(load_results(paper_exp).trials)
+    res = load_results(paper_exp)
+    t = status_table(res.trials, toggles=res.toggles)
     assert list(t.display.index[-4:]) == ["sequential_s4", "pcgrad_s3", "all_s2", "broken"]
     detail = t.data.set_index("trial_id")["detail"]
     assert detail["sequential_s4"] == (
@@ -181,7 +200,7 @@ def test_status_table(paper_exp: Path) -> None:
 
 def test_budget_table(paper_exp: Path) -> None:
     res = load_results(paper_exp)
-    t = tbl.budget_table(res.trials, res.experiment, res.warnings, sampled=False)
+    t = budget_table(res.trials, res.experiment, res.warnings, sampled=False)
     values = dict(zip(t.data["item"], t.data["value"], strict=True))
     assert values["Trials planned"] == 15 and values["Trials found"] == 16
     assert values["finished"] == 12 and values["failed"] == 1
@@ -191,12 +210,12 @@ def test_budget_table(paper_exp: Path) -> None:
 
 def test_sampled_space_best_per_variant(sampled_exp: Path, fx: SimpleNamespace) -> None:
     res = load_results(sampled_exp)
-    assert tbl.is_sampled(res.trials, res.searched, res.search_space)
-    assert tbl.continuous_keys(res.trials, res.searched, res.search_space) == [
+    assert is_sampled(res.trials, res.searched, res.search_space)
+    assert continuous_keys(res.trials, res.searched, res.search_space) == [
         "train.lr", "model.dropout"]  # fmt: skip
-    assert tbl.log_scaled("train.lr", res.trials, res.search_space)
-    assert not tbl.log_scaled("model.dropout", res.trials, res.search_space)
-    t = tbl.best_per_variant(res.trials, fx.SAMPLED_SEARCHED)
+    assert log_scaled("train.lr", res.trials, res.search_space)
+    assert not log_scaled("model.dropout", res.trials, res.search_space)
+    t = best_per_variant(res.trials, fx.SAMPLED_SEARCHED, toggles=res.toggles)
     data = t.data.set_index("variant")
     finished = {v: [fx.overall(*d) for _, _, _, c, s, d in fx.SAMPLED if s == "finished"
                     and ("cosine" if c else "baseline") == v] for v in ("baseline", "cosine")}  # fmt: skip
@@ -212,7 +231,7 @@ def test_sampled_space_best_per_variant(sampled_exp: Path, fx: SimpleNamespace) 
 
 def test_grid_is_not_sampled(paper_exp: Path) -> None:
     res = load_results(paper_exp)
-    assert not tbl.is_sampled(res.trials, res.searched, res.search_space)
+    assert not is_sampled(res.trials, res.searched, res.search_space)
 
 
 def test_pareto_front() -> None:
@@ -224,25 +243,25 @@ def test_pareto_front() -> None:
         {"trial_id": "c", "status": "finished", "variant": "v", "dev_overall": 0.55,
          "train_time_s": 200.0},
     ])  # fmt: skip
-    t = tbl.pareto_table(df, [("dev_overall", "max"), ("train_time_s", "min")])
+    t = pareto_table(df, [("dev_overall", "max"), ("train_time_s", "min")])
     assert sorted(t.data["trial_id"]) == ["a", "b"]
 
 
 def test_objectives_from_experiment_json() -> None:
-    assert tbl.objectives({}) == [("dev_overall", "max")]
-    assert tbl.objectives({"metric": "dev_sts_r", "mode": "max"}) == [("dev_sts_r", "max")]
+    assert objectives({}) == [("dev_overall", "max")]
+    assert objectives({"metric": "dev_sts_r", "mode": "max"}) == [("dev_sts_r", "max")]
     exp = {"objectives": [{"metric": "dev_sts_r", "mode": "max"},
                           {"metric": "train_time_s", "mode": "min"}]}  # fmt: skip
-    assert tbl.objectives(exp) == [("dev_sts_r", "max"), ("train_time_s", "min")]
+    assert objectives(exp) == [("dev_sts_r", "max"), ("train_time_s", "min")]
 
 
 def test_best_config_round_trips_into_a_trial_config(paper_exp: Path, tmp_path: Path) -> None:
     res = load_results(paper_exp)
-    best = tbl.best_config(res.trials, res.configs)
+    best = best_config(res.trials, res.configs)
     assert best is not None
     row, config = best
     assert row["trial_id"] == "all_s1"
-    text = tbl.best_config_yaml(row, config, "dev_overall", "max", "out/best_config.yaml", "x")
+    text = best_config_yaml(row, config, "dev_overall", "max", "out/best_config.yaml", "x")
     assert "# Re-run: hpsearch train out/best_config.yaml" in text
     loaded = yaml.safe_load(text)
     assert loaded == config
@@ -257,12 +276,14 @@ def test_best_config_round_trips_into_a_trial_config(paper_exp: Path, tmp_path: 
     assert load_trial_config(path).to_flat_dict().items() >= res.configs["all_s1"].items()
 
 
-def test_helpers() -> None:
-    assert tbl.format_hms(3725.4) == "1:02:05" and tbl.format_hms(float("nan")) == "–"
-    assert tbl.order_variants(["zeta", "all", "pcgrad", "baseline", "cosine+pcgrad"]) == [
+def test_helpers(fx: SimpleNamespace) -> None:
+    assert format_hms(3725.4) == "1:02:05" and format_hms(float("nan")) == "–"
+    assert order_variants(
+        ["zeta", "all", "pcgrad", "baseline", "cosine+pcgrad"], fx.TOGGLES
+    ) == [
         "baseline", "pcgrad", "all", "cosine+pcgrad", "zeta"]  # fmt: skip
-    assert tbl.variant_labels(["cosine", "cosine_sts"]) == {
+    assert variant_labels(["cosine", "cosine_sts"], fx.TOGGLES) == {
         "cosine": "Cosine (cosine)",
         "cosine_sts": "Cosine (cosine_sts)",
     }
-    assert tbl.nest({"a.b.c": 1, "a.d": 2}) == {"a": {"b": {"c": 1}, "d": 2}}
+    assert nest({"a.b.c": 1, "a.d": 2}) == {"a": {"b": {"c": 1}, "d": 2}}
