@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import pandas as pd  # type: ignore[import-untyped, unused-ignore]  # pandas ships no types
+import pandas as pd  # pandas ships no types
 import yaml
 
 from reports.search_tables import best_trial

@@ -21,7 +21,7 @@ import html
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd  # type: ignore[import-untyped, unused-ignore]  # pandas ships no types
+import pandas as pd  # pandas ships no types
 
 from reports import figures
 from reports.best_config import RERUN_COMMAND, best_config, best_config_yaml

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd  # type: ignore[import-untyped, unused-ignore]  # pandas ships no types
+import pandas as pd  # pandas ships no types
 import yaml
 
 from reports.errors import ReportError

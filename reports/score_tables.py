@@ -13,7 +13,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import pandas as pd  # type: ignore[import-untyped, unused-ignore]  # pandas ships no types
+import pandas as pd  # pandas ships no types
 
 from reports.results import STATUSES, TASK_METRICS
 from reports.stats import describe

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import pandas as pd  # type: ignore[import-untyped, unused-ignore]  # pandas ships no types
+import pandas as pd  # pandas ships no types
 
 BASELINE = "baseline"
 ALL = "all"
