@@ -13,7 +13,7 @@ per task:
     B "hpsearch"       token ids tokenised once and cached (`load_multitask_data`), length-
                        bucketed batches (`EncodedSplit.batches` through the trainer's
                        `TaskStream`), the trainer's step: a DeepSpeed engine from `build_engine`
-                       and `surgery_step` with `SumGradients` (also one backward of the summed
+                       and `optimizer_step` with `SumGradients` (also one backward of the summed
                        loss), bf16 only where the hardware has it (`train.deepspeed.precision`
                        "auto", as in a trial), fp32 otherwise.
 
@@ -61,16 +61,18 @@ from trainables.minbert.data import (  # noqa: E402
     split_order,
     task_files,
 )
+from trainables.minbert.encoder import build_encoder  # noqa: E402
 from trainables.minbert.engine import (  # noqa: E402
     build_engine,
     hardware_has_bf16,
-    surgery_step,
+    optimizer_step,
     use_bf16,
 )
-from trainables.minbert.extensions import SumGradients  # noqa: E402
+from trainables.minbert.extensions.pair_similarity import make_pair_similarity  # noqa: E402
+from trainables.minbert.extensions.surgery import SumGradients  # noqa: E402
 from trainables.minbert.multitask import MultitaskBert  # noqa: E402
+from trainables.minbert.streams import TaskStream  # noqa: E402
 from trainables.minbert.tokenizer import WordPieceTokenizer  # noqa: E402
-from trainables.minbert.trainer import TaskStream, build_encoder  # noqa: E402
 
 INPUT_KEYS = ("inputs", "inputs_a", "inputs_b")
 
@@ -237,7 +239,7 @@ class HpsearchPipeline:
         batches = {t: self.streams[t].next() for t in TASKS}
         t_data = time.perf_counter() - t0
         losses = {t: self.model.loss(b) for t, b in batches.items()}
-        surgery_step(self.engine, losses, self.shared, self.surgery)
+        optimizer_step(self.engine, losses, self.shared, self.surgery)
         _check_finite(losses)
         seconds = time.perf_counter() - t0
         return _record(batches, seconds, t_data)
@@ -406,8 +408,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tokenise_all_s = time.perf_counter() - t0
 
     m = cfg.model
+    sts_head = make_pair_similarity(cfg, encoder.config.hidden_size)
     model_a = MultitaskBert(
-        copy.deepcopy(encoder), m.dropout, m.pair_encoding, m.pooling, cfg.extensions.cosine_sts
+        copy.deepcopy(encoder), m.dropout, m.pair_encoding, m.pooling, sts_head
     )
     model_b = copy.deepcopy(model_a)  # same initial weights, heads included
     # The trainer's per-task stream seeds for multitask epoch 0; A uses the same seeds.

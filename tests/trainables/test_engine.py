@@ -23,10 +23,11 @@ from trainables.minbert.engine import (
     deepspeed_config,
     ensure_single_process_env,
     hardware_has_bf16,
-    surgery_step,
+    optimizer_step,
     use_bf16,
 )
-from trainables.minbert.extensions import PCGrad, SumGradients
+from trainables.minbert.extensions.pcgrad import PCGrad
+from trainables.minbert.extensions.surgery import SumGradients
 
 RENDEZVOUS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
 STEPS = 4
@@ -132,7 +133,9 @@ def _pcgrad_parity(zero_stage: int) -> None:
     stats = []
     for batch in _batches():
         losses = engine.module.losses(batch)
-        stats.append(surgery_step(engine, losses, list(engine.module.trunk.parameters()), surgery))
+        stats.append(
+            optimizer_step(engine, losses, list(engine.module.trunk.parameters()), surgery)
+        )
 
     _assert_same_params(engine.module, reference)
     assert len(stats) == len(ref_stats)
@@ -179,12 +182,12 @@ def test_sum_surgery_equals_plain_backward_and_adamw(ds_env) -> None:
 
     engine = build_engine(model, train)
     for batch in _batches(seed=5):
-        assert surgery_step(engine, engine.module.losses(batch), [], SumGradients()) == {}
+        assert optimizer_step(engine, engine.module.losses(batch), [], SumGradients()) == {}
     _assert_same_params(engine.module, reference)
 
 
 def test_gradient_accumulation_averages_micro_steps(ds_env) -> None:
-    # grad_accum=2: each surgery_step is a micro-step; the engine averages two, then updates.
+    # grad_accum=2: each optimizer_step is a micro-step; the engine averages two, then updates.
     torch.manual_seed(3)
     model = TinyMultitask()
     reference = copy.deepcopy(model)
@@ -198,7 +201,7 @@ def test_gradient_accumulation_averages_micro_steps(ds_env) -> None:
         opt.step()
     engine = build_engine(model, train)
     for batch in batches:
-        surgery_step(engine, engine.module.losses(batch), [], SumGradients())
+        optimizer_step(engine, engine.module.losses(batch), [], SumGradients())
     assert engine.global_steps == 2
     _assert_same_params(engine.module, reference)
 
@@ -222,7 +225,7 @@ def test_single_task_steps_and_unreached_heads(ds_env) -> None:
     engine = build_engine(model, train)
     trunk = list(engine.module.trunk.parameters())
     for batch in batches:
-        stats = surgery_step(engine, engine.module.losses(batch), trunk, PCGrad(0))
+        stats = optimizer_step(engine, engine.module.losses(batch), trunk, PCGrad(seed=0))
         assert stats == {"conflict_rate": 0.0}
     _assert_same_params(engine.module, reference)
 
@@ -238,7 +241,7 @@ def test_bf16_engine_steps_with_pcgrad(ds_env) -> None:
         for t, (x, y) in _batches()[0].items()
     }
     trunk = list(engine.module.trunk.parameters())
-    stats = surgery_step(engine, engine.module.losses(batch), trunk, PCGrad(0))
+    stats = optimizer_step(engine, engine.module.losses(batch), trunk, PCGrad(seed=0))
     assert set(stats) == {"conflict_rate", "cos/para-sst", "cos/para-sts", "cos/sst-sts"}
     after = [p.detach().float() for p in engine.module.parameters()]
     assert all(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
@@ -249,7 +252,7 @@ def test_warmup_decay_schedule(ds_env) -> None:
     engine = build_engine(TinyMultitask(), _train(0, warmup_ratio=0.5), total_steps=4)
     lrs = []
     for batch in _batches():
-        surgery_step(engine, engine.module.losses(batch), [], SumGradients())
+        optimizer_step(engine, engine.module.losses(batch), [], SumGradients())
         lrs.append(engine.get_lr()[0])
     peak = lrs.index(max(lrs))
     assert max(lrs) == pytest.approx(1e-2)  # warmup reaches train.lr, then decays
@@ -267,8 +270,8 @@ def test_zero3_refuses_task_gradients_but_steps_the_plain_sum(ds_env) -> None:
     batch = _batches()[0]
     trunk = list(engine.module.trunk.parameters())
     with pytest.raises(ConfigError, match="train.deepspeed.zero_stage"):
-        surgery_step(engine, engine.module.losses(batch), trunk, PCGrad(0))
-    assert surgery_step(engine, engine.module.losses(batch), trunk, SumGradients()) == {}
+        optimizer_step(engine, engine.module.losses(batch), trunk, PCGrad(seed=0))
+    assert optimizer_step(engine, engine.module.losses(batch), trunk, SumGradients()) == {}
 
 
 def test_no_shared_memory_comm_op_is_built(ds_env) -> None:
@@ -328,7 +331,7 @@ def test_deepspeed_config_scheduler() -> None:
         },
     }
     assert "scheduler" not in deepspeed_config(TrainConfig(warmup_ratio=0.0), total_steps=1000)
-    # total_steps counts surgery_step calls; the schedule counts optimizer steps.
+    # total_steps counts optimizer_step calls; the schedule counts optimizer steps.
     accum = deepspeed_config(TrainConfig(warmup_ratio=0.1, grad_accum=4), total_steps=1001)
     assert accum["scheduler"]["params"]["total_num_steps"] == 251
     assert accum["scheduler"]["params"]["warmup_num_steps"] == 25

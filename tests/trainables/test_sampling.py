@@ -1,4 +1,5 @@
-"""Task samplers: epoch plans, restart of shorter data sets, determinism under a seed."""
+"""Task samplers: epoch plans and determinism under a seed (shorter data sets restarting is
+tested with the batch streams, in test_streams.py)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,12 @@ from collections import Counter
 
 import pytest
 
-import trainables.minbert.extensions._sampling as sampling_module
+import trainables.minbert.extensions.sampling as sampling_module
 from trainables.errors import ConfigError
-from trainables.minbert.extensions import (
+from trainables.minbert.extensions.sampling import (
     CycleSampler,
     ProportionalSampler,
     TaskSampler,
-    cycle_batches,
     make_sampler,
 )
 
@@ -25,36 +25,6 @@ def test_cycle_every_step_takes_every_task_and_epoch_is_the_largest_set() -> Non
     plan = CycleSampler().epoch(SIZES, random.Random(0))
     assert len(plan) == max(SIZES.values()) == 12
     assert all(step == ("para", "sst", "sts") for step in plan)
-
-
-def test_cycle_restarts_shorter_sets() -> None:
-    # Walk a cycle plan the way the loop does, over data sets of 3 and 1 batches.
-    data = {"a": ["a0", "a1", "a2"], "b": ["b0"]}
-    starts = Counter()
-
-    def factory(task: str):
-        def make():
-            starts[task] += 1
-            return iter(data[task])
-
-        return make
-
-    iters = {t: cycle_batches(factory(t)) for t in data}
-    plan = make_sampler("cycle").epoch({t: len(v) for t, v in data.items()}, random.Random(0))
-    seen = [[next(iters[t]) for t in step] for step in plan]
-    assert seen == [["a0", "b0"], ["a1", "b0"], ["a2", "b0"]]
-    assert starts == {"a": 1, "b": 3}  # the one-batch set was restarted twice
-
-
-def test_cycle_batches_restarts_with_a_fresh_iterator_each_time() -> None:
-    rounds = iter([[1, 2], [3], [4, 5]])
-    batches = cycle_batches(lambda: iter(next(rounds)))
-    assert [next(batches) for _ in range(5)] == [1, 2, 3, 4, 5]
-
-
-def test_cycle_batches_refuses_an_empty_source() -> None:
-    with pytest.raises(ValueError, match="no batches"):
-        next(cycle_batches(lambda: iter([])))
 
 
 def test_proportional_one_pass_over_every_set_one_task_per_step() -> None:

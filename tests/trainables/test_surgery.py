@@ -10,8 +10,10 @@ import random
 import pytest
 import torch
 
-import trainables.minbert.extensions._surgery as surgery_module
-from trainables.minbert.extensions import GradientSurgery, PCGrad, SumGradients, make_surgery
+import trainables.minbert.extensions.surgery as surgery_module
+from trainables.minbert.config import load_trial_config
+from trainables.minbert.extensions.pcgrad import PCGrad
+from trainables.minbert.extensions.surgery import GradientSurgery, SumGradients, make_surgery
 
 SHAPES = [(3, 2), (4,), (1,)]  # three shared "parameters", 11 numbers in all
 
@@ -143,18 +145,29 @@ def test_zero_gradients_and_missing_entries() -> None:
         "a": [torch.zeros(SHAPES[0]), grads["a"][1], torch.zeros(SHAPES[2])],
         "b": grads["b"],
     }
-    for x, y in zip(PCGrad(0).combine(partial), PCGrad(0).combine(explicit), strict=True):
+    for x, y in zip(
+        PCGrad(seed=0).combine(partial), PCGrad(seed=0).combine(explicit), strict=True
+    ):
         assert torch.equal(x, y)
     surgery = PCGrad(seed=0)
     surgery.combine(with_zero)
     assert surgery.last_stats["cos/a-z"] == 0.0
 
 
+def _surgery_of(pcgrad: bool, seed: int) -> GradientSurgery:
+    cfg = load_trial_config(
+        None, [f"extensions.pcgrad={str(pcgrad).lower()}", f"train.seed={seed}"]
+    )
+    return make_surgery(cfg)
+
+
 def test_make_surgery() -> None:
-    assert isinstance(make_surgery(pcgrad=False, seed=1), SumGradients)
-    assert isinstance(make_surgery(pcgrad=True, seed=1), PCGrad)
-    assert make_surgery(pcgrad=True, seed=1).needs_task_gradients
-    assert not make_surgery(pcgrad=False, seed=1).needs_task_gradients
+    assert isinstance(_surgery_of(pcgrad=False, seed=1), SumGradients)
+    assert isinstance(_surgery_of(pcgrad=True, seed=1), PCGrad)
+    assert _surgery_of(pcgrad=True, seed=1).needs_task_gradients
+    assert not _surgery_of(pcgrad=False, seed=1).needs_task_gradients
+    # the trial's train.seed seeds PCGrad's visiting orders
+    assert _surgery_of(pcgrad=True, seed=1).state_dict() == PCGrad(seed=1).state_dict()
 
 
 def test_pcgrad_visiting_order_is_random_and_seeded() -> None:

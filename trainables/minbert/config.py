@@ -9,12 +9,13 @@ merged into this tree, and anything unknown or mistyped is refused with a one-li
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from trainables.errors import ConfigError
+from trainables.minbert.extensions import registry
 
 
 class _Strict(BaseModel):
@@ -77,12 +78,51 @@ class TrainConfig(_Strict):
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
 
 
-class ExtensionsConfig(_Strict):
-    cosine_sts: bool = False  # Sentence-BERT STS: cosine of mean-pooled embeddings, scaled to 0-5
-    pcgrad: bool = False  # gradient surgery (Yu et al. 2020) across the three task losses
-    sequential_sts: bool = False  # STS-only epochs before the multitask loop
-    sequential_sts_epochs: int = Field(1, ge=1)  # used when sequential_sts is on
-    task_sampling: Literal["cycle", "proportional"] = "cycle"  # how tasks share a step
+TaskSampling = Literal["cycle", "proportional"]  # how tasks share a step (sampling.py)
+
+
+class _ExtensionsBase(_Strict):
+    """The `extensions` section's accessors; its fields come from `_extensions_fields`."""
+
+    def enabled(self, name: str) -> bool:
+        """Whether toggle `name` ("pcgrad") is on."""
+        return bool(getattr(self, name))
+
+    def option(self, name: str) -> Any:
+        """The value of a toggle's option ("sequential_sts_epochs")."""
+        return getattr(self, name)
+
+    if TYPE_CHECKING:
+        task_sampling: TaskSampling
+
+        # the registry's fields, which mypy cannot see (cfg.extensions.pcgrad): Any
+        def __getattr__(self, name: str) -> Any: ...
+
+
+def _extensions_fields() -> dict[str, Any]:
+    """A bool field per registered toggle (off by default, described by its help), followed by
+    its options, in registry order (a plug-in's toggle becomes a config key here too); then
+    the task sampler."""
+    fields: dict[str, Any] = {}
+    for toggle in registry.toggles():
+        fields[toggle.name] = (bool, Field(False, description=toggle.help))
+        fields.update(toggle.options)
+    fields["task_sampling"] = (TaskSampling, Field("cycle", description="how tasks share a step"))
+    return fields
+
+
+# The `extensions` section, built from the toggle registry: `extensions.<toggle>: true` turns
+# an extension on; `task_sampling` is a choice, not a toggle. To mypy it is the base class
+# (toggles read through `enabled` / `option`, or as Any attributes).
+if TYPE_CHECKING:
+    ExtensionsConfig = _ExtensionsBase
+else:
+    ExtensionsConfig = create_model(
+        "ExtensionsConfig",
+        __base__=_ExtensionsBase,
+        __module__=__name__,
+        **_extensions_fields(),
+    )
 
 
 class TrialConfig(_Strict):
@@ -93,16 +133,9 @@ class TrialConfig(_Strict):
 
     @model_validator(mode="after")
     def _compatible(self) -> TrialConfig:
-        if self.extensions.pcgrad and self.train.deepspeed.zero_stage == 3:
-            raise ValueError(
-                "extensions.pcgrad needs per-task gradients, which ZeRO-3 partitions away: "
-                "set train.deepspeed.zero_stage to 0, 1 or 2, or turn pcgrad off"
-            )
-        if self.extensions.cosine_sts and self.model.pair_encoding != "siamese":
-            raise ValueError(
-                "extensions.cosine_sts compares two sentence embeddings: "
-                "set model.pair_encoding=siamese or turn cosine_sts off"
-            )
+        why_not = registry.check_combination(self.to_flat_dict())
+        if why_not is not None:
+            raise ValueError(why_not)
         return self
 
     def to_flat_dict(self) -> dict[str, Any]:

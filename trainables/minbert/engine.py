@@ -3,7 +3,7 @@
     engine = build_engine(model, cfg.train, total_steps=1000)
     for step in plan:
         losses = {t: loss_of(engine.module, t, batch[t]) for t in step}
-        stats = surgery_step(engine, losses, shared_params(engine.module), surgery)
+        stats = optimizer_step(engine, losses, shared_params(engine.module), surgery)
 
 Single-process runs (tests, one trial per Tune worker) get a one-rank process group on
 127.0.0.1; Ray Train sets the rendezvous variables itself for multi-worker runs.
@@ -28,7 +28,7 @@ import torch
 
 from trainables.errors import ConfigError
 from trainables.minbert.config import TrainConfig
-from trainables.minbert.extensions import GradientSurgery
+from trainables.minbert.extensions.surgery import GradientSurgery
 
 if TYPE_CHECKING:
     import deepspeed
@@ -40,7 +40,7 @@ __all__ = [
     "deepspeed_config",
     "ensure_single_process_env",
     "hardware_has_bf16",
-    "surgery_step",
+    "optimizer_step",
     "use_bf16",
 ]
 
@@ -121,7 +121,7 @@ def deepspeed_config(
     Args:
         train: the trial's TrainConfig; `batch_size` is per worker and micro-step.
         world_size: data-parallel workers; train_batch_size = batch * grad_accum * world_size.
-        total_steps: training steps of the whole run, i.e. calls to `surgery_step`; the
+        total_steps: training steps of the whole run, i.e. calls to `optimizer_step`; the
             schedule counts optimizer steps, ceil(total_steps / grad_accum). With it and
             `warmup_ratio > 0`, the learning rate warms up linearly from 0 over the first
             warmup_ratio of the optimizer steps and then decays linearly to 0 at the last
@@ -189,12 +189,12 @@ def build_engine(
 
     Sets up a one-process world when no launcher did (`ensure_single_process_env`) and keeps
     DeepSpeed from compiling its shared-memory comm op (see the module docstring). The engine
-    owns the optimizer and the learning-rate schedule; step it with `surgery_step`.
+    owns the optimizer and the learning-rate schedule; step it with `optimizer_step`.
 
     Args:
         model: the multitask model; its trainable parameters are optimised.
         train: the trial's TrainConfig (pcgrad with ZeRO-3 was refused by its validator).
-        total_steps: calls to `surgery_step` in the whole run, for the warmup/decay schedule.
+        total_steps: calls to `optimizer_step` in the whole run, for the warmup/decay schedule.
     """
     import deepspeed
 
@@ -220,7 +220,7 @@ def build_engine(
     return engine
 
 
-def surgery_step(
+def optimizer_step(
     engine: deepspeed.DeepSpeedEngine,
     task_losses: dict[str, torch.Tensor],
     shared_params: list[torch.nn.Parameter],
@@ -249,7 +249,7 @@ def surgery_step(
         `surgery.last_stats` for this step (empty for the plain sum).
     """
     if not task_losses:
-        raise ValueError("surgery_step needs at least one task loss")
+        raise ValueError("optimizer_step needs at least one task loss")
     if surgery.needs_task_gradients and engine.zero_optimization_stage() == 3:
         raise ConfigError(
             f"{type(surgery).__name__} needs per-task gradients, which ZeRO-3 partitions away: "

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from trainables.atomic import write_text_atomic
+
 __all__ = [
     "SUBMISSION_HEADERS",
     "overall_score",
@@ -159,15 +161,7 @@ def write_submission(path: str | os.PathLike[str], task: str, ids: Any, preds: A
     lines = [SUBMISSION_HEADERS[task]]
     lines += [f"{i} , {_format_pred(task, p)} " for i, p in zip(ids, preds, strict=True)]
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write("\n".join(lines) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_text_atomic(path, "\n".join(lines) + "\n")
     return path
 
 

@@ -6,9 +6,9 @@
 
 Sentence pairs enter either as two encodings ("siamese", the CS224N starter's way) whose
 embeddings u, v meet in the head as [u, v, |u - v|, u * v] (Sentence-BERT's classifier
-input), or as one packed sequence [CLS] a [SEP] b [SEP] ("cross"). With the cosine_sts
-extension the STS head is replaced by Sentence-BERT's regression objective: the cosine of
-the two embeddings, scaled by 5 so that it lives on the labels' scale.
+input), or as one packed sequence [CLS] a [SEP] b [SEP] ("cross"). The STS head is a
+`PairSimilarity` given by the trial's extensions (`make_pair_similarity`): a linear head by
+default, Sentence-BERT's scaled cosine with cosine_sts.
 """
 
 from __future__ import annotations
@@ -17,45 +17,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.minbert.data import Batch
+from trainables.minbert.extensions.pair_similarity import PairHead, PairSimilarity
 from trainables.minbert.model import BertModel, mean_pool
 
 NUM_SENTIMENT_CLASSES = 5
-STS_SCALE = 5.0  # STS labels lie in [0, 5]; cosine_sts predicts 5 * cos(u, v)
-
-
-class CosineSimilarityHead(nn.Module):
-    """Sentence-BERT STS (Reimers & Gurevych 2019): score = 5 * cos(u, v), trained with MSE.
-
-    Equivalent to Sentence-BERT's CosineSimilarityLoss on labels divided by 5. It has no
-    parameters: all learning happens in the encoder, which is the point of the extension.
-    """
-
-    def forward(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return STS_SCALE * F.cosine_similarity(u, v, dim=-1, eps=1e-8)
-
-
-class PairHead(nn.Module):
-    """One output from a sentence pair: siamese [u, v, |u-v|, u*v] or a packed embedding."""
-
-    def __init__(self, hidden: int, siamese: bool) -> None:
-        super().__init__()
-        self.siamese = siamese
-        self.out = nn.Linear(4 * hidden if siamese else hidden, 1)
-
-    def forward(self, u: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
-        if self.siamese:
-            u = torch.cat([u, v, (u - v).abs(), u * v], dim=-1)  # (B, 4H)
-        return self.out(u).squeeze(-1)  # (B,)
 
 
 class MultitaskBert(nn.Module):
+    """The shared encoder and the three task heads.
+
+    Args:
+        encoder: the sentence encoder every task shares.
+        dropout: dropout on the sentence embeddings before each head (that wants it).
+        pair_encoding: "siamese" (two encodings per pair) or "cross" (one packed sequence).
+        pooling: "mean" of the token states or the "cls" pooler output.
+        sts_head: the STS pair head (`make_pair_similarity`); None: a linear `PairHead`.
+    """
+
     def __init__(
         self,
         encoder: BertModel,
         dropout: float,
         pair_encoding: str = "siamese",
         pooling: str = "mean",
-        cosine_sts: bool = False,
+        sts_head: PairSimilarity | None = None,
     ) -> None:
         super().__init__()
         hidden = encoder.config.hidden_size
@@ -66,16 +52,12 @@ class MultitaskBert(nn.Module):
         siamese = pair_encoding == "siamese"
         self.sst_head = nn.Linear(hidden, NUM_SENTIMENT_CLASSES)
         self.para_head = PairHead(hidden, siamese)
-        self.sts_head: nn.Module = (
-            CosineSimilarityHead() if cosine_sts else PairHead(hidden, siamese)
-        )
-        self._cosine_sts = cosine_sts
-        for head in (self.sst_head, self.para_head.out):
-            nn.init.normal_(head.weight, std=encoder.config.initializer_range)
-            nn.init.zeros_(head.bias)
-        if not cosine_sts:
-            nn.init.normal_(self.sts_head.out.weight, std=encoder.config.initializer_range)
-            nn.init.zeros_(self.sts_head.out.bias)
+        self.sts_head = sts_head if sts_head is not None else PairHead(hidden, siamese)
+        std = encoder.config.initializer_range
+        nn.init.normal_(self.sst_head.weight, std=std)
+        nn.init.zeros_(self.sst_head.bias)
+        self.para_head.init_weights(std)
+        self.sts_head.init_weights(std)
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """The encoder's parameters: the ones gradient surgery operates on."""
@@ -88,7 +70,7 @@ class MultitaskBert(nn.Module):
             return mean_pool(hidden, inputs["attention_mask"])
         return pooled
 
-    def _embed_pair(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def _embed_pair(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         # One encoder call over both sides: (2B, T) is faster than two calls of (B, T).
         a, b = batch["inputs_a"], batch["inputs_b"]
         width = max(a["input_ids"].shape[1], b["input_ids"].shape[1])
@@ -108,7 +90,7 @@ class MultitaskBert(nn.Module):
         emb = self.embed(both)  # (2B, H)
         return emb.split(a["input_ids"].shape[0])
 
-    def forward(self, batch: dict) -> torch.Tensor:
+    def forward(self, batch: Batch) -> torch.Tensor:
         """Predictions of the batch's task: SST logits (B, 5), Quora logits (B,), STS scores (B,)."""
         task = batch["task"]
         if task == "sst":
@@ -116,12 +98,13 @@ class MultitaskBert(nn.Module):
         head = self.para_head if task == "para" else self.sts_head
         if "inputs_a" in batch:
             u, v = self._embed_pair(batch)
-            if task == "sts" and self._cosine_sts:
-                return head(u, v)  # no dropout on the cosine: it has no parameters to regularise
-            return head(self.dropout(u), self.dropout(v))
-        return head(self.dropout(self.embed(batch["inputs"])))
+            if head.dropout_before:
+                u, v = self.dropout(u), self.dropout(v)
+            return head(u, v)
+        packed = self.embed(batch["inputs"])
+        return head(self.dropout(packed) if head.dropout_before else packed)
 
-    def loss(self, batch: dict) -> torch.Tensor:
+    def loss(self, batch: Batch) -> torch.Tensor:
         """The task's training loss on a batch."""
         preds = self(batch)
         labels = batch["labels"]

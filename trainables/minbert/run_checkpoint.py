@@ -14,9 +14,11 @@ their manifest. Loading goes through `torch.load(weights_only=True)`, DeepSpeed'
 included: a tampered file is refused, never unpickled.
 
     staging = stage(root, step)                  # every rank: engine.save_checkpoint(staging)
+    state = {..., **random_states()}             # the trainer's own state, random states too
     final = seal(staging, root, step, state, keep=2)   # rank 0: trainer state, manifest, rename
     folder = find_checkpoint(run_dir)            # the newest intact one, or ConfigError
     state = load(engine, folder)                 # engine restored; returns the trainer state
+    restore_random_states(state)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import hashlib
 import json
 import os
 import pickle
+import random
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +44,8 @@ __all__ = [
     "TRAINER_STATE",
     "find_checkpoint",
     "load",
+    "random_states",
+    "restore_random_states",
     "seal",
     "stage",
     "tag_of",
@@ -153,6 +158,27 @@ def load(engine: Any, folder: Path) -> dict[str, Any]:
         )
     state: dict[str, Any] = torch.load(folder / TRAINER_STATE, weights_only=True)
     return state
+
+
+def random_states() -> dict[str, Any]:
+    """This process's random states, in the form a trainer state stores them (weights-only
+    loadable: tensors and JSON text)."""
+    states: dict[str, Any] = {
+        "torch_rng": torch.get_rng_state(),
+        "python_rng": json.dumps(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        states["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_random_states(state: dict[str, Any]) -> None:
+    """Restore what `random_states` captured (CUDA's only where both runs have CUDA)."""
+    torch.set_rng_state(state["torch_rng"])
+    version, internal, gauss = json.loads(state["python_rng"])
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
 
 
 def _deepspeed_safe_globals() -> list[Any]:

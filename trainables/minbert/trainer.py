@@ -3,10 +3,11 @@
     hpsearch train configs/run.yaml train.lr=2e-5 --out runs/lr2e-5
 
 Lifecycle (torchtune's recipe shape): `setup` builds tokenizer, data, model and engine;
-`train` runs the optional STS-only phase and then the multitask loop; `save_checkpoint` /
-`load_checkpoint` capture everything needed to continue exactly (weights, optimizer, step,
-position in the epoch, random states); `cleanup` frees the engine. What happens around the
-loop (metric files, TensorBoard, Ray reports, progress bars) hangs off callbacks.
+`train` walks the epochs of the trial's phases (the multitask loop, and whatever the phase
+plan puts around it); `save_checkpoint` / `load_checkpoint` capture everything needed to
+continue exactly (weights, optimizer, step, position in the epoch, random states); `cleanup`
+frees the engine. What happens around the loop (metric files, TensorBoard, Ray reports,
+progress bars, the reliability tests' faults) hangs off callbacks.
 
 The run directory holds:
     config.json            the resolved trial configuration
@@ -21,11 +22,8 @@ The run directory holds:
 from __future__ import annotations
 
 import json
-import os
-import random
-import resource
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,68 +32,26 @@ import torch
 from trainables.atomic import write_json_atomic
 from trainables.errors import NonFiniteLossError
 from trainables.minbert import faults, run_checkpoint
-from trainables.minbert import metrics as M
-from trainables.minbert.callbacks import (
-    MetricsFileWriter,
-    TensorBoardLogger,
-    TrainerCallback,
-)
+from trainables.minbert.callbacks import MetricsFileWriter, TensorBoardLogger, TrainerCallback
 from trainables.minbert.config import TrialConfig
 from trainables.minbert.data import TASKS, EncodedSplit, load_multitask_data
-from trainables.minbert.engine import build_engine, surgery_step
-from trainables.minbert.extensions import make_sampler, make_surgery
-from trainables.minbert.hf_folder import resolve_checkpoint_dir
-from trainables.minbert.model import BertConfig, BertModel
+from trainables.minbert.encoder import build_encoder
+from trainables.minbert.engine import build_engine, optimizer_step
+from trainables.minbert.evaluation import evaluate
+from trainables.minbert.extensions.pair_similarity import make_pair_similarity
+from trainables.minbert.extensions.phases import make_phases
+from trainables.minbert.extensions.surgery import make_surgery
 from trainables.minbert.multitask import MultitaskBert
-from trainables.minbert.tokenizer import WordPieceTokenizer, tokenizer_for
+from trainables.minbert.runtime import barrier, dist_rank_and_size, peak_memory_mb, seed_everything
+from trainables.minbert.schedule import ScheduledEpoch, build_schedule
+from trainables.minbert.streams import TaskStream, open_streams
 
-
-class TaskStream:
-    """Endless length-bucketed batches of one task within one epoch; restarts when exhausted.
-
-    Every pass is shuffled by its own seeded generator, so a resumed run that skips the
-    batches it already consumed sees exactly the batches the interrupted run would have.
-    """
-
-    def __init__(
-        self,
-        split: EncodedSplit,
-        batch_size: int,
-        tokenizer: WordPieceTokenizer,
-        seed: int,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> None:
-        self.split, self.batch_size, self.tokenizer, self.seed = split, batch_size, tokenizer, seed
-        self.rank, self.world_size = rank, world_size
-        self.consumed = 0
-        self._it = self._passes()
-
-    def _passes(self) -> Iterator[dict]:
-        for pass_index in range(10**9):
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + pass_index)
-            batches = self.split.batches(
-                self.batch_size, self.tokenizer, shuffle=True, generator=gen
-            )
-            for i, batch in enumerate(batches):  # data parallel: each rank its share of batches
-                if i % self.world_size == self.rank:
-                    yield batch
-
-    def next(self) -> dict:
-        self.consumed += 1
-        return next(self._it)
-
-    def skip(self, n: int) -> None:
-        for _ in range(n):
-            self.next()
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
+__all__ = ["MultitaskTrainer", "train_trial"]
 
 
 class MultitaskTrainer:
+    """One trial's training: set up, train (resumably), evaluate, checkpoint, clean up."""
+
     def __init__(
         self,
         cfg: TrialConfig,
@@ -105,7 +61,7 @@ class MultitaskTrainer:
     ) -> None:
         self.cfg = cfg
         self.out_dir = Path(out_dir)
-        self.rank, self.world_size = _dist_rank_and_size()
+        self.rank, self.world_size = dist_rank_and_size()
         own = [MetricsFileWriter(self.out_dir), TensorBoardLogger(self.out_dir / "tb")]
         armed = faults.armed()  # the reliability tests' faults; none in real runs
         injector = [faults.FaultInjector(armed)] if armed else []
@@ -115,10 +71,12 @@ class MultitaskTrainer:
             *injector,
         ]
         self.resume_from = Path(resume_from) if resume_from else None
-        self.step = 0  # optimizer steps taken, over both phases
+        self.step = 0  # optimizer steps taken, over every phase
         self.evals_done = 0
-        self.position = {"phase": "sequential", "epoch": 0, "index": 0, "consumed": {}}
+        # Where the run stands: phase name, epoch, steps done in it, batches drawn per task.
+        self.position: dict[str, Any] = {"phase": "", "epoch": 0, "index": 0, "consumed": {}}
         self.train_time_s = 0.0
+        self.setup_time_s = 0.0
         self.resumed_from_step = 0  # the step of the checkpoint this run continued from
         self._recent: list[dict[str, Any]] = []  # step logs since the last evaluation
         self.first_step_at: float | None = None
@@ -137,27 +95,15 @@ class MultitaskTrainer:
         self.tokenizer, encoder = build_encoder(cfg)
         self.data = load_multitask_data(cfg.data, self.tokenizer, cfg.model.pair_encoding)
         if self.rank == 0:
-            write_json_atomic(
-                self.out_dir / "data_report.json",
-                {
-                    "dropped": self.data.dropped,
-                    "notes": self.data.notes,
-                    "sizes": {
-                        s: {t: len(getattr(self.data, s)[t]) for t in TASKS}
-                        for s in ("train", "dev", "test", "train_eval")
-                    },
-                },
-            )
+            self._write_data_report()
+        sts_head = make_pair_similarity(cfg, encoder.config.hidden_size)
         model = MultitaskBert(
-            encoder,
-            cfg.model.dropout,
-            cfg.model.pair_encoding,
-            cfg.model.pooling,
-            cfg.extensions.cosine_sts,
+            encoder, cfg.model.dropout, cfg.model.pair_encoding, cfg.model.pooling, sts_head
         )
-        self.sampler = make_sampler(cfg.extensions.task_sampling)
-        self.surgery = make_surgery(cfg.extensions.pcgrad, seed=cfg.train.seed)
-        self.total_steps = self._count_steps()
+        self.phases = make_phases(cfg, TASKS)
+        self.surgery = make_surgery(cfg)
+        self.schedule = build_schedule(self.phases, self._batches_per_task, cfg.train.max_steps)
+        self.total_steps = sum(len(epoch.steps) for epoch in self.schedule)
         self.engine = build_engine(model, cfg.train, total_steps=self.total_steps)
         self.model: MultitaskBert = self.engine.module
         self.shared_params = self.model.shared_parameters()
@@ -166,40 +112,18 @@ class MultitaskTrainer:
             self.resumed_from_step = self.step
         self.setup_time_s = time.perf_counter() - t0
 
-    def _epoch_plan(self, phase: str, epoch: int) -> list[tuple[str, ...]]:
-        bs = self.cfg.train.batch_size
+    def _write_data_report(self) -> None:
+        report = {
+            "dropped": self.data.dropped,
+            "notes": self.data.notes,
+            "sizes": self.data.sizes(),
+        }
+        write_json_atomic(self.out_dir / "data_report.json", report)
 
-        def batches(task: str) -> int:  # per rank, when data parallel
-            return max(1, self.data.train[task].num_batches(bs) // self.world_size)
-
-        if phase == "sequential":
-            return [("sts",)] * batches("sts")
-        sizes = {t: batches(t) for t in TASKS}
-        return self.sampler.epoch(sizes, random.Random(f"{self.cfg.train.seed}-{phase}-{epoch}"))
-
-    def _phases(self) -> list[tuple[str, int]]:
-        ext, epochs = self.cfg.extensions, self.cfg.train.epochs
-        seq = (
-            [("sequential", e) for e in range(ext.sequential_sts_epochs)]
-            if ext.sequential_sts
-            else []
-        )
-        return seq + [("multitask", e) for e in range(epochs)]
-
-    def _schedule(self) -> list[tuple[str, int, list[tuple[str, ...]], int]]:
-        """(phase, epoch, steps, full epoch length) of every epoch, cut at train.max_steps."""
-        schedule, budget = [], self.cfg.train.max_steps
-        for phase, epoch in self._phases():
-            plan = self._epoch_plan(phase, epoch)
-            full = len(plan)
-            if phase == "multitask" and budget is not None:
-                plan, budget = plan[:budget], budget - min(budget, len(plan))
-            if plan:
-                schedule.append((phase, epoch, plan, full))
-        return schedule
-
-    def _count_steps(self) -> int:
-        return sum(len(plan) for _, _, plan, _ in self._schedule())
+    def _batches_per_task(self, task: str) -> int:
+        """Batches in one pass over the task's training set, for this rank (at least 1)."""
+        per_pass = self.data.train[task].num_batches(self.cfg.train.batch_size)
+        return max(1, per_pass // self.world_size)
 
     # ------------------------------------------------------------------ train
     def train(self) -> dict[str, Any]:
@@ -207,59 +131,53 @@ class MultitaskTrainer:
         for cb in self.callbacks:
             cb.on_train_start(self)
         t0 = time.perf_counter() - self.train_time_s
-        schedule = self._schedule()
-        done_epochs = [(ph, ep) for ph, ep, _, _ in schedule]
+        scheduled = [epoch.key for epoch in self.schedule]  # every epoch, done or not
         here = (self.position["phase"], self.position["epoch"])
-        resume_at = done_epochs.index(here) if here in done_epochs else 0
-        phase, epoch_progress = schedule[-1][0], float(schedule[-1][1] + 1)
-        for k, (phase, epoch, plan, full) in enumerate(schedule):
+        resume_at = scheduled.index(here) if here in scheduled else 0
+        last_epoch = self.schedule[-1]
+        phase_name, epoch_progress = last_epoch.phase.name, float(last_epoch.epoch + 1)
+        for k, epoch in enumerate(self.schedule):
             if k < resume_at:  # finished before the checkpoint we resumed from
                 continue
-            start = self.position["index"] if k == resume_at else 0
-            streams = self._streams(phase, epoch, self.position["consumed"] if start else {})
-            evals_at = self._eval_points(phase, full) | {len(plan)}
-            for index in range(start, len(plan)):
-                logs = self._train_step(plan[index], streams)
+            phase_name = epoch.phase.name
+            start = int(self.position["index"]) if k == resume_at else 0
+            streams = self._open_streams(epoch, self.position["consumed"] if start else {})
+            evals_at = epoch.eval_points()
+            for index in range(start, len(epoch.steps)):
+                logs = self._train_step(epoch.steps[index], streams)
                 self.position = {
-                    "phase": phase,
-                    "epoch": epoch,
+                    "phase": phase_name,
+                    "epoch": epoch.epoch,
                     "index": index + 1,
                     "consumed": {t: s.consumed for t, s in streams.items()},
                 }
                 for cb in self.callbacks:
                     cb.on_step_end(self, logs)
-                epoch_progress = epoch + (index + 1) / full
-                last = k == len(schedule) - 1 and index + 1 == len(plan)
+                epoch_progress = epoch.epoch + (index + 1) / epoch.full_length
+                last = k == len(self.schedule) - 1 and index + 1 == len(epoch.steps)
                 if index + 1 in evals_at and not last:  # the last evaluation is the final one
                     self.train_time_s = time.perf_counter() - t0
-                    self._evaluate_and_report(phase, epoch_progress)
+                    self._evaluate_and_report(phase_name, epoch_progress)
         self.train_time_s = time.perf_counter() - t0
-        summary = self._evaluate_and_report(phase, epoch_progress, final=True)
+        summary = self._evaluate_and_report(phase_name, epoch_progress, final=True)
         for cb in self.callbacks:
             cb.on_train_end(self, summary)
         return summary
 
-    def _streams(self, phase: str, epoch: int, consumed: dict[str, int]) -> dict[str, TaskStream]:
-        tasks = ("sts",) if phase == "sequential" else TASKS
-        streams = {}
-        for i, task in enumerate(tasks):
-            seed = self.cfg.train.seed * 7919 + (phase == "multitask") * 104729 + epoch * 1009 + i
-            streams[task] = TaskStream(
-                self.data.train[task],
-                self.cfg.train.batch_size,
-                self.tokenizer,
-                seed,
-                self.rank,
-                self.world_size,
-            )
-            streams[task].skip(consumed.get(task, 0))
-        return streams
-
-    def _eval_points(self, phase: str, n: int) -> set[int]:
-        if phase == "sequential":
-            return {n}
-        k = self.cfg.train.evals_per_epoch
-        return {max(1, round(n * (i + 1) / k)) for i in range(k)}
+    def _open_streams(
+        self, epoch: ScheduledEpoch, consumed: dict[str, int]
+    ) -> dict[str, TaskStream]:
+        return open_streams(
+            epoch.phase,
+            epoch.epoch,
+            self.data.train,
+            self.cfg.train.batch_size,
+            self.tokenizer,
+            self.cfg.train.seed,
+            consumed,
+            self.rank,
+            self.world_size,
+        )
 
     def _train_step(
         self, tasks: tuple[str, ...], streams: dict[str, TaskStream]
@@ -276,10 +194,10 @@ class MultitaskTrainer:
         for task, loss in losses.items():
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
-                    f"non-finite loss at step {self.step + 1} (task {task}: {loss.item()})"
+                    f"non-finite loss at step {step} (task {task}: {loss.item()})"
                 )
-        stats = surgery_step(self.engine, losses, self.shared_params, self.surgery)
-        self.step += 1
+        stats = optimizer_step(self.engine, losses, self.shared_params, self.surgery)
+        self.step = step
         if self.first_step_at is None:
             self.first_step_at = time.time()  # wall clock: sweep overhead is measured to here
         logs: dict[str, Any] = {"step": self.step, "lr": self.engine.get_lr()[0]}
@@ -289,38 +207,22 @@ class MultitaskTrainer:
         return logs
 
     # ------------------------------------------------------------------ evaluation
-    @torch.no_grad()
-    def predict(self, split: EncodedSplit) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-        """(ids, raw predictions, labels) of a whole split, in eval mode."""
-        self.model.eval()
-        ids, preds, labels = [], [], []
-        for batch in split.batches(self.cfg.train.eval_batch_size, self.tokenizer, shuffle=False):
-            batch = _to_device(batch, self.engine.device)
-            ids.extend(batch["ids"])
-            preds.append(self.model(batch).float().cpu())
-            labels.append(batch["labels"].cpu())
-        return ids, torch.cat(preds), torch.cat(labels)
-
     def evaluate(
         self, splits: dict[str, EncodedSplit], prefix: str, write_predictions: bool = False
     ) -> dict[str, float]:
-        scores, outputs = {}, {}
-        for task in TASKS:
-            ids, preds, labels = self.predict(splits[task])
-            outputs[task] = (ids, preds)
-            if task == "sst":
-                scores["sst_acc"] = M.sst_accuracy(preds, labels)
-            elif task == "para":
-                scores["para_acc"] = M.para_accuracy(preds, labels)
-            else:
-                scores["sts_r"] = M.sts_pearson(preds, labels)
-        scores["overall"] = M.overall_score(scores["sst_acc"], scores["para_acc"], scores["sts_r"])
-        if write_predictions and self.rank == 0:
-            for task, (ids, preds) in outputs.items():
-                name = {"sst": "sst", "para": "para", "sts": "sts"}[task]
-                path = self.out_dir / "predictions" / f"{name}-{prefix}-output.csv"
-                M.write_submission(path, task, ids, _submission_values(task, preds))
-        return {f"{prefix}_{k}": float(v) for k, v in scores.items()}
+        """Scores of `splits` ("<prefix>_sst_acc", ...); rank 0 may write submission files."""
+        predictions = (
+            self.out_dir / "predictions" if write_predictions and self.rank == 0 else None
+        )
+        return evaluate(
+            self.model,
+            splits,
+            prefix,
+            self.tokenizer,
+            self.cfg.train.eval_batch_size,
+            self.engine.device,
+            predictions,
+        )
 
     def _evaluate_and_report(
         self, phase: str, epoch: float, final: bool = False
@@ -354,7 +256,7 @@ class MultitaskTrainer:
                     "epochs": self.cfg.train.epochs,
                     "world_size": self.world_size,
                     "train_time_s": round(self.train_time_s, 3),
-                    "setup_time_s": round(getattr(self, "setup_time_s", 0.0), 3),
+                    "setup_time_s": round(self.setup_time_s, 3),
                     "first_step_at": self.first_step_at,
                     "resumed_from_step": self.resumed_from_step,
                     "peak_mem_mb": peak_memory_mb(),
@@ -373,33 +275,28 @@ class MultitaskTrainer:
     def save_checkpoint(self) -> Path:
         """Write a checkpoint and seal it; returns its folder. Half-written ones never look whole."""
         root = self.out_dir / "checkpoints"
+        tag = run_checkpoint.tag_of(self.step)
         staging = run_checkpoint.stage(root, self.step, clean=self.rank == 0)
-        _barrier()
-        self.engine.save_checkpoint(
-            str(staging), tag=run_checkpoint.tag_of(self.step), save_latest=False
-        )
+        barrier()
+        self.engine.save_checkpoint(str(staging), tag=tag, save_latest=False)
         for cb in self.callbacks:
             cb.on_checkpoint_staged(self, self.step, staging)
-        _barrier()
+        barrier()
         if self.rank != 0:
-            return root / run_checkpoint.tag_of(self.step)
+            return root / tag
         return run_checkpoint.seal(
             staging, root, self.step, self._trainer_state(), keep=self.cfg.train.keep_checkpoints
         )
 
     def _trainer_state(self) -> dict[str, Any]:
-        state = {
+        return {
             "step": self.step,
             "evals_done": self.evals_done,
             "position": json.dumps(self.position),
             "train_time_s": self.train_time_s,
-            "torch_rng": torch.get_rng_state(),
-            "python_rng": json.dumps(random.getstate()),
+            **run_checkpoint.random_states(),
             "surgery": self.surgery.state_dict(),
         }
-        if torch.cuda.is_available():
-            state["cuda_rng"] = torch.cuda.get_rng_state_all()
-        return state
 
     def load_checkpoint(self, path: Path) -> None:
         """Restore weights, optimizer, step, epoch position and random states from `path`.
@@ -412,86 +309,15 @@ class MultitaskTrainer:
         self.evals_done = int(state["evals_done"])
         self.position = json.loads(state["position"])
         self.train_time_s = float(state["train_time_s"])
-        torch.set_rng_state(state["torch_rng"])
-        py = json.loads(state["python_rng"])
-        random.setstate((py[0], tuple(py[1]), py[2]))
+        run_checkpoint.restore_random_states(state)
         self.surgery.load_state_dict(state["surgery"])
-        if "cuda_rng" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
 
     def cleanup(self) -> None:
         engine = getattr(self, "engine", None)
         if engine is not None:
             engine.destroy()
         self.engine = None
-        self.model = None
-
-
-def build_encoder(cfg: TrialConfig) -> tuple[WordPieceTokenizer, BertModel]:
-    """The trial's tokenizer and encoder: random weights shaped by model.* (tiny test models,
-    MiniLM's vocabulary unless model.vocab_file), or a pretrained checkpoint folder."""
-    m = cfg.model
-    tokenizer = tokenizer_for(m)
-    if m.checkpoint == "random":
-        config = BertConfig(
-            vocab_size=tokenizer.vocab_size,
-            hidden_size=m.hidden_size,
-            num_layers=m.num_layers,
-            num_heads=m.num_heads,
-            intermediate_size=m.intermediate_size,
-            hidden_dropout=m.dropout,
-            attention_dropout=m.dropout,
-            max_position_embeddings=max(512, cfg.data.max_length),
-        )
-        return tokenizer, BertModel.from_config(config, seed=cfg.train.seed)
-    return tokenizer, BertModel.from_pretrained(
-        resolve_checkpoint_dir(m.checkpoint), hidden_dropout=m.dropout
-    )
-
-
-def _dist_rank_and_size() -> tuple[int, int]:
-    """(rank, world size) of this process; (0, 1) unless launched data parallel."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
-
-
-def _to_device(batch: dict, device: torch.device) -> dict:
-    if device.type == "cpu":
-        return batch
-    out = {}
-    for k, v in batch.items():
-        if isinstance(v, torch.Tensor):
-            out[k] = v.to(device, non_blocking=True)
-        elif isinstance(v, dict):
-            out[k] = {kk: vv.to(device, non_blocking=True) for kk, vv in v.items()}
-        else:
-            out[k] = v
-    return out
-
-
-def _submission_values(task: str, preds: torch.Tensor) -> list:
-    if task == "sst":
-        return preds.argmax(dim=-1).tolist()
-    if task == "para":
-        return (preds > 0).long().tolist()
-    return preds.tolist()
-
-
-def peak_memory_mb() -> float:
-    """Peak resident memory of this process (MB); on a GPU, the peak allocated device memory."""
-    if torch.cuda.is_available():
-        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        self.__dict__.pop("model", None)  # the model goes with the engine (memory)
 
 
 def train_trial(
@@ -507,6 +333,3 @@ def train_trial(
         return trainer.train()
     finally:
         trainer.cleanup()
-
-
-__all__ = ["MultitaskTrainer", "TaskStream", "build_encoder", "train_trial"]

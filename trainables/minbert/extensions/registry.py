@@ -27,14 +27,21 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from pydantic import Field
 
 from trainables.errors import ConfigError
+
+if TYPE_CHECKING:
+    from trainables.minbert.config import TrialConfig
 
 __all__ = [
     "BUILTIN",
     "ENTRY_POINT_GROUP",
     "Toggle",
+    "active_toggle",
+    "build_active",
     "check_combination",
     "load_factory",
     "toggle_records",
@@ -49,6 +56,7 @@ ENTRY_POINT_GROUP = "hpsearch.extensions"
 #   sts_head PairSimilarity   how two sentence embeddings become an STS score
 Kind = Literal["surgery", "phases", "sts_head"]
 KINDS: tuple[Kind, ...] = ("surgery", "phases", "sts_head")
+_Built = TypeVar("_Built")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _SHORT = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -123,8 +131,12 @@ BUILTIN: tuple[Toggle, ...] = (
         kind="phases",
         factory="trainables.minbert.extensions.sequential_sts:SequentialSts",
         help="STS-only epochs before the multitask loop",
-        # (type, pydantic.Field) would carry bounds; a plain default keeps this module light
-        options={"sequential_sts_epochs": (int, 1)},
+        options={
+            "sequential_sts_epochs": (
+                int,
+                Field(1, ge=1, description="STS-only epochs (used when sequential_sts is on)"),
+            )
+        },
     ),
 )
 
@@ -240,3 +252,31 @@ def load_factory(toggle: Toggle) -> Any:
             f"extension {toggle.name!r}: cannot import its class {toggle.factory!r} ({exc}); "
             "check the registry entry"
         ) from None
+
+
+def active_toggle(kind: Kind, flat: Mapping[str, Any]) -> Toggle | None:
+    """The toggle of `kind` that is on in a flat configuration, or None when none is.
+
+    `check_combination` lets at most one toggle of a kind be on; the first in registry order
+    is returned.
+    """
+    return next((t for t in toggles() if t.kind == kind and flat.get(t.key) is True), None)
+
+
+def build_active(kind: Kind, cfg: TrialConfig, interface: type[_Built]) -> _Built | None:
+    """The trial's implementation of `kind`: its toggle's class called with `cfg`, or None
+    when no toggle of that kind is on (the caller then uses its default).
+
+    ConfigError when the class does not make an `interface` (a plug-in registered under the
+    wrong kind, say).
+    """
+    toggle = active_toggle(kind, cfg.to_flat_dict())
+    if toggle is None:
+        return None
+    built = load_factory(toggle)(cfg)
+    if not isinstance(built, interface):
+        raise ConfigError(
+            f"extension {toggle.name!r}: {toggle.factory} made a {type(built).__name__}, not "
+            f"the {interface.__name__} its kind {toggle.kind!r} plugs into; fix its registry entry"
+        )
+    return built

@@ -1,26 +1,24 @@
 """Task samplers: which tasks contribute a batch to each multitask step, and how long an epoch is.
 
-The loop asks the sampler for one epoch's plan, then walks it, pulling the next batch of each
-named task from a restarting iterator (`cycle_batches`):
+`extensions.task_sampling` names one (a choice, not a toggle). The multitask phase asks the
+sampler for one epoch's plan, then the loop walks it, pulling the next batch of each named
+task from that task's endless stream (`streams.TaskStream`, which restarts, reshuffled, when
+a shorter data set runs out):
 
     plan = make_sampler("cycle").epoch({"sst": 534, "para": 17686, "sts": 376}, rng)
-    iters = {t: cycle_batches(lambda t=t: iter(loaders[t])) for t in loaders}
     for step in plan:
-        losses = {t: loss_of(t, next(iters[t])) for t in step}
+        losses = {t: loss_of(t, streams[t].next()) for t in step}
 """
 
 from __future__ import annotations
 
 import abc
 import random
-from collections.abc import Callable, Iterator
-from typing import TypeVar
+from collections.abc import Callable
 
 from trainables.errors import ConfigError
 
-__all__ = ["CycleSampler", "ProportionalSampler", "TaskSampler", "cycle_batches", "make_sampler"]
-
-T = TypeVar("T")
+__all__ = ["CycleSampler", "ProportionalSampler", "TaskSampler", "make_sampler"]
 
 
 class TaskSampler(abc.ABC):
@@ -35,7 +33,7 @@ class TaskSampler(abc.ABC):
 
     Example:
         >>> import random
-        >>> from trainables.minbert.extensions import make_sampler
+        >>> from trainables.minbert.extensions.sampling import make_sampler
         >>> make_sampler("cycle").epoch({"sst": 2, "sts": 1}, random.Random(0))
         [('sst', 'sts'), ('sst', 'sts')]
         >>> sorted(make_sampler("proportional").epoch({"sst": 2, "sts": 1}, random.Random(0)))
@@ -98,21 +96,6 @@ def make_sampler(name: str) -> TaskSampler:
         raise ConfigError(
             f"extensions.task_sampling: unknown sampler '{name}': use one of {valid}"
         ) from None
-
-
-def cycle_batches(iter_factory: Callable[[], Iterator[T]]) -> Iterator[T]:
-    """Yield from `iter_factory()` forever, calling it again whenever the iterator runs out.
-
-    A DataLoader with shuffle=True gives a fresh order on every restart. A factory whose
-    iterator is empty from the start raises ValueError instead of looping forever.
-    """
-    while True:
-        empty = True
-        for item in iter_factory():
-            empty = False
-            yield item
-        if empty:
-            raise ValueError("cycle_batches: the iterator factory gave no batches at all")
 
 
 def _nonempty_tasks(num_batches: dict[str, int]) -> list[str]:

@@ -1,28 +1,32 @@
 """Gradient surgery: how per-task gradients of the shared parameters become one update.
 
-The training loop computes each task's gradient with respect to the shared (encoder)
-parameters, hands them to a `GradientSurgery`, and applies what `combine` returns. The plain
-sum is the multitask baseline; PCGrad (Yu et al. 2020, "Gradient Surgery for Multi-Task
-Learning") removes the conflicting components first.
+The training step (`engine.optimizer_step`) computes each task's gradient with respect to the
+shared (encoder) parameters, hands them to a `GradientSurgery`, and applies what `combine`
+returns. The plain sum (`SumGradients`, here) is the multitask baseline; PCGrad (Yu et al.
+2020, in `pcgrad.py`) removes the conflicting components first.
 """
 
 from __future__ import annotations
 
 import abc
 import itertools
-import random
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-__all__ = ["GradientSurgery", "PCGrad", "SumGradients", "make_surgery"]
+from trainables.minbert.extensions.registry import build_active
+
+if TYPE_CHECKING:
+    from trainables.minbert.config import TrialConfig
+
+__all__ = ["GradientSurgery", "SumGradients", "make_surgery"]
 
 
 class GradientSurgery(abc.ABC):
     """Combines per-task gradients of the shared parameters into one gradient.
 
-    Lifecycle: the loop builds one instance per trial (`make_surgery`), then at every step calls
+    Lifecycle: the trainer builds one instance per trial (`make_surgery`), then at every step calls
     `combine` with the gradients of the tasks present in that step and writes the result into
     the shared parameters' gradients. After each `combine`, `last_stats` describes the step's
     ORIGINAL task gradients: ``"conflict_rate"`` (share of ordered task pairs ``(i, j)``,
@@ -36,8 +40,8 @@ class GradientSurgery(abc.ABC):
 
     Example:
         >>> import torch
-        >>> from trainables.minbert.extensions import make_surgery
-        >>> surgery = make_surgery(pcgrad=True, seed=0)
+        >>> from trainables.minbert.extensions.pcgrad import PCGrad
+        >>> surgery = PCGrad(seed=0)
         >>> grads = {"sst": [torch.tensor([1.0, 0.0])], "sts": [torch.tensor([-1.0, 1.0])]}
         >>> [g.tolist() for g in surgery.combine(grads)]
         [[0.5, 1.5]]
@@ -83,62 +87,18 @@ class SumGradients(GradientSurgery):
     needs_task_gradients = False
 
     def combine(self, task_grads: dict[str, list[torch.Tensor]]) -> list[torch.Tensor]:
-        names, flat, shapes = _flatten(task_grads)
-        self.last_stats = _stats(names, flat)
-        return _unflatten(flat.sum(dim=0), shapes)
+        names, flat, shapes = flatten_gradients(task_grads)
+        self.last_stats = gradient_stats(names, flat)
+        return unflatten_gradients(flat.sum(dim=0), shapes)
 
 
-class PCGrad(GradientSurgery):
-    """Projecting conflicting gradients (Yu et al. 2020, Algorithm 1).
-
-    For each task i, starting from its flattened gradient g_i, visit every other task j in a
-    fresh random order; whenever the projected g_i' conflicts with the ORIGINAL g_j
-    (g_i' . g_j < 0), remove that component: g_i' <- g_i' - (g_i' . g_j / ||g_j||^2) g_j.
-    Tasks with an all-zero gradient are never projected onto. The update is sum_i g_i'.
-
-    Args:
-        seed: seeds this instance's own random number generator (the visiting orders), so
-            two instances with the same seed combine identically.
-    """
-
-    def __init__(self, seed: int) -> None:
-        super().__init__()
-        self._rng = random.Random(seed)
-
-    def combine(self, task_grads: dict[str, list[torch.Tensor]]) -> list[torch.Tensor]:
-        names, flat, shapes = _flatten(task_grads)
-        self.last_stats = _stats(names, flat)
-        return _unflatten(self.project(flat).sum(dim=0), shapes)
-
-    def project(self, flat: torch.Tensor) -> torch.Tensor:
-        """Project each row of `flat` (T, P), one flattened gradient per task; returns (T, P)."""
-        sq_norms = (flat * flat).sum(dim=1)  # (T,)
-        projected = flat.clone()
-        num_tasks = flat.shape[0]
-        for i in range(num_tasks):
-            others = [j for j in range(num_tasks) if j != i]
-            self._rng.shuffle(others)
-            for j in others:
-                if sq_norms[j] <= 0:
-                    continue
-                dot = torch.dot(projected[i], flat[j])
-                if dot < 0:
-                    projected[i] -= (dot / sq_norms[j]) * flat[j]
-        return projected
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rng": self._rng.getstate()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._rng.setstate(_as_rng_state(state["rng"]))
+def make_surgery(cfg: TrialConfig) -> GradientSurgery:
+    """The surgery of the trial: the `surgery` toggle that is on (PCGrad, a plug-in's), or the
+    plain sum."""
+    return build_active("surgery", cfg, GradientSurgery) or SumGradients()
 
 
-def make_surgery(pcgrad: bool, seed: int) -> GradientSurgery:
-    """The surgery a trial's `extensions.pcgrad` asks for; `seed` feeds PCGrad's random order."""
-    return PCGrad(seed) if pcgrad else SumGradients()
-
-
-def _flatten(
+def flatten_gradients(
     task_grads: dict[str, list[torch.Tensor]],
 ) -> tuple[list[str], torch.Tensor, list[tuple[torch.Size, torch.dtype]]]:
     """Sorted task names, their gradients as rows of one fp32 (T, P) matrix, and param shapes."""
@@ -168,7 +128,7 @@ def _flatten(
     return names, flat, shapes
 
 
-def _unflatten(
+def unflatten_gradients(
     flat: torch.Tensor, shapes: Sequence[tuple[torch.Size, torch.dtype]]
 ) -> list[torch.Tensor]:
     out, offset = [], 0
@@ -179,7 +139,7 @@ def _unflatten(
     return out
 
 
-def _stats(names: list[str], flat: torch.Tensor) -> dict[str, float]:
+def gradient_stats(names: list[str], flat: torch.Tensor) -> dict[str, float]:
     """Conflict rate and pairwise cosines of the original (T, P) task gradients."""
     gram = flat @ flat.T  # (T, T)
     norms = gram.diagonal().clamp_min(0).sqrt()  # (T,)
@@ -193,9 +153,3 @@ def _stats(names: list[str], flat: torch.Tensor) -> dict[str, float]:
     # Ordered pairs (i, j) and (j, i) conflict together, so the share equals the unordered one.
     stats["conflict_rate"] = conflicts / len(pairs) if pairs else 0.0
     return stats
-
-
-def _as_rng_state(state: Any) -> tuple:
-    """random.Random state from a checkpoint, where tuples may have come back as lists."""
-    version, internal, gauss = state
-    return (version, tuple(internal), gauss)
