@@ -14,6 +14,12 @@ loopback address, and anything else (0.0.0.0, a LAN address) needs `allow_remote
 TensorBoard runs as a child process, `python -m tensorboard.main --logdir ... --host ...
 --port ...` (an argument list, no shell); `start_tensorboard` returns once its HTTP API
 answers.
+
+`serve_forever` owns its child whatever happens: while it runs, SIGINT (Ctrl-C) and SIGTERM
+only request a stop, which it carries out at the next safe point (within a fraction of a
+second), so no signal can land between starting TensorBoard and taking charge of it, or in
+the middle of stopping it. A SIGTERM is passed on to the previous handler once TensorBoard is
+stopped, so the process still ends as a SIGTERM ends it.
 """
 
 from __future__ import annotations
@@ -21,15 +27,18 @@ from __future__ import annotations
 import importlib.util
 import ipaddress
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import TextIO
 
 from trainables.errors import ConfigError
@@ -37,6 +46,9 @@ from trainables.errors import ConfigError
 __all__ = ["TensorBoardHandle", "serve_forever", "start_tensorboard"]
 
 DEFAULT_PORT = 6006
+START_TIMEOUT_S = 20.0  # how long TensorBoard may take to answer its HTTP API
+STOP_TIMEOUT_S = 10.0  # how long it may take to exit on SIGTERM before it gets SIGKILL
+RELOAD_INTERVAL_S = 5.0  # how often it rescans the logdir for new event files
 _WILDCARDS = {"0.0.0.0", "::"}
 
 
@@ -50,12 +62,14 @@ class TensorBoardHandle:
         port: Its port.
         logdir: The folder it reads.
         process: The `subprocess.Popen` of TensorBoard.
+        args: The command line it was started with.
     """
 
     def __init__(
         self,
         process: subprocess.Popen[bytes],
         *,
+        args: list[str],
         url: str,
         host: str,
         port: int,
@@ -63,6 +77,7 @@ class TensorBoardHandle:
         log_path: Path,
     ) -> None:
         self.process = process
+        self.args = args
         self.url = url
         self.host = host
         self.port = port
@@ -70,12 +85,8 @@ class TensorBoardHandle:
         self._log_path = log_path
 
     @property
-    def args(self) -> list[str]:
-        """The command line TensorBoard was started with."""
-        return [str(a) for a in self.process.args]  # type: ignore[union-attr]
-
-    @property
     def running(self) -> bool:
+        """Whether the TensorBoard process has not exited yet."""
         return self.process.poll() is None
 
     def log_tail(self, lines: int = 5) -> str:
@@ -86,16 +97,24 @@ class TensorBoardHandle:
             return ""
         return "\n".join(text.strip().splitlines()[-lines:])
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop TensorBoard (SIGTERM, then SIGKILL after `timeout` seconds); idempotent."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """Stop TensorBoard (SIGTERM, then SIGKILL after `timeout` seconds); idempotent.
+
+        Interrupted while waiting (a KeyboardInterrupt), it still sends SIGKILL before the
+        exception goes on, so the process never outlives a `with` block.
+        """
+        try:
+            if self.process.poll() is None:
+                self.process.terminate()
+                try:
+                    self.process.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    pass
+        finally:
+            if self.process.poll() is None:
                 self.process.kill()
                 self.process.wait()
-        self._log_path.unlink(missing_ok=True)
+            self._log_path.unlink(missing_ok=True)
 
     def __enter__(self) -> TensorBoardHandle:
         return self
@@ -119,8 +138,8 @@ def start_tensorboard(
     port: int = 0,
     *,
     allow_remote: bool = False,
-    timeout_s: float = 20.0,
-    reload_interval_s: float = 5.0,
+    timeout_s: float = START_TIMEOUT_S,
+    reload_interval_s: float = RELOAD_INTERVAL_S,
 ) -> TensorBoardHandle:
     """Start TensorBoard on `logdir` and wait until its HTTP API answers.
 
@@ -143,6 +162,22 @@ def start_tensorboard(
         RuntimeError: TensorBoard exited before answering.
         TimeoutError: TensorBoard did not answer within `timeout_s`.
     """
+    return _start(
+        logdir, host, port, allow_remote, timeout_s, reload_interval_s, should_stop=_never
+    )
+
+
+def _start(
+    logdir: Path | str,
+    host: str,
+    port: int,
+    allow_remote: bool,
+    timeout_s: float,
+    reload_interval_s: float,
+    *,
+    should_stop: Callable[[], bool],
+) -> TensorBoardHandle:
+    """`start_tensorboard`, giving up with `_StopRequested` as soon as `should_stop()`."""
     logdir = Path(logdir).expanduser()
     if not logdir.exists():
         raise ConfigError(
@@ -162,7 +197,7 @@ def start_tensorboard(
         chosen = _free_port(host) if port == 0 else _require_free(host, port)
         handle = _launch(logdir.resolve(), host, chosen, reload_interval_s)
         try:
-            _wait_until_ready(handle, timeout_s)
+            _wait_until_ready(handle, timeout_s, should_stop)
             return handle
         except _PortTaken:
             handle.stop()
@@ -184,8 +219,13 @@ def serve_forever(
     port: int = DEFAULT_PORT,
     allow_remote: bool = False,
     out: TextIO | None = None,
+    start_timeout_s: float = START_TIMEOUT_S,
 ) -> int:
-    """Run TensorBoard in the foreground until Ctrl-C (for `hpsearch tensorboard`).
+    """Run TensorBoard in the foreground until Ctrl-C or SIGTERM (for `hpsearch tensorboard`).
+
+    TensorBoard is stopped before this returns, whenever the signal comes (see the module
+    docstring); after a SIGTERM the previous SIGTERM handler runs once it is stopped (by
+    default: the process ends, as it would have without this function).
 
     Args:
         logdir: Folder with event files.
@@ -193,12 +233,41 @@ def serve_forever(
         port: Port to bind; 0 picks a free one.
         allow_remote: Permit a non-loopback `host`.
         out: Where to print the address (default stdout).
+        start_timeout_s: How long TensorBoard may take to answer.
 
     Returns:
         0 after Ctrl-C; TensorBoard's exit status (or 1) if it stopped by itself.
     """
     out = out or sys.stdout
-    with start_tensorboard(logdir, host, port, allow_remote=allow_remote) as tb:
+    with _StopSignals() as stop:
+        try:
+            status = _serve(logdir, host, port, allow_remote, out, start_timeout_s, stop.requested)
+        except _StopRequested:  # during start-up; `_start` has stopped TensorBoard
+            status = 0
+    if stop.received == signal.SIGTERM:
+        signal.raise_signal(signal.SIGTERM)
+    return status
+
+
+def _serve(
+    logdir: Path | str,
+    host: str,
+    port: int,
+    allow_remote: bool,
+    out: TextIO,
+    start_timeout_s: float,
+    should_stop: Callable[[], bool],
+) -> int:
+    """Start TensorBoard, print where it answers, and wait for it to exit or `should_stop()`."""
+    with _start(
+        logdir,
+        host,
+        port,
+        allow_remote,
+        start_timeout_s,
+        RELOAD_INTERVAL_S,
+        should_stop=should_stop,
+    ) as tb:
         print(f"TensorBoard on {tb.logdir} at {tb.url}  (Ctrl-C to stop)", file=out)
         if _is_loopback(host):
             print(
@@ -207,19 +276,77 @@ def serve_forever(
                 file=out,
             )
         out.flush()
-        try:
-            status = tb.process.wait()
-        except KeyboardInterrupt:
-            return 0
-        print(f"TensorBoard exited with status {status}: {tb.log_tail(3)}", file=sys.stderr)
-        return status or 1
+        while not should_stop():
+            try:
+                status = tb.process.wait(timeout=_POLL_S)
+            except subprocess.TimeoutExpired:
+                continue
+            if should_stop():  # Ctrl-C in a terminal reaches TensorBoard too
+                break
+            print(f"TensorBoard exited with status {status}: {tb.log_tail(3)}", file=sys.stderr)
+            return status or 1
+        return 0
 
 
 # --------------------------------------------------------------------------------------------
 
+_POLL_S = 0.2  # how often the waits look for a stop request or a TensorBoard that exited
+
+
+class _StopRequested(Exception):
+    """A stop signal came while TensorBoard was starting."""
+
+
+class _StopSignals:
+    """While entered, SIGINT and SIGTERM only record that a stop was asked for.
+
+    Python's defaults are the reason: SIGINT raises KeyboardInterrupt at whatever line runs,
+    for instance between `Popen` returning and its handle entering a `with`, and SIGTERM ends
+    the process without any cleanup; both leave TensorBoard running. Recorded instead, the
+    stop is carried out where the code checks `requested()`. Only the main thread can set
+    signal handlers; elsewhere this does nothing (signals interrupt only the main thread).
+
+    Attributes:
+        received: The first stop signal that came, or None.
+    """
+
+    _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Callable[[int, FrameType | None], object] | int] = {}
+
+    def requested(self) -> bool:
+        return self.received is not None
+
+    def _record(self, signal_number: int, frame: FrameType | None) -> None:
+        if self.received is None:
+            self.received = signal_number
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signal_number in self._SIGNALS:
+                previous = signal.signal(signal_number, self._record)
+                self._previous[signal_number] = signal.SIG_DFL if previous is None else previous
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for signal_number, handler in self._previous.items():
+            signal.signal(signal_number, handler)
+        self._previous.clear()
+
+
+def _never() -> bool:
+    return False
+
 
 class _PortTaken(Exception):
-    pass
+    """TensorBoard exited at start because its port was taken."""
 
 
 def _is_loopback(host: str) -> bool:
@@ -292,16 +419,21 @@ def _launch(logdir: Path, host: str, port: int, reload_interval_s: float) -> Ten
             cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
         )
     return TensorBoardHandle(
-        process, url=_url(host, port), host=host, port=port, logdir=logdir,
+        process, args=cmd, url=_url(host, port), host=host, port=port, logdir=logdir,
         log_path=Path(log_name),
     )  # fmt: skip
 
 
-def _wait_until_ready(tb: TensorBoardHandle, timeout_s: float) -> None:
+def _wait_until_ready(
+    tb: TensorBoardHandle, timeout_s: float, should_stop: Callable[[], bool]
+) -> None:
+    """Return once TensorBoard's HTTP API answers; `_StopRequested` once `should_stop()`."""
     # Straight to the address, never through an http_proxy from the environment.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if should_stop():
+            raise _StopRequested
         status = tb.process.poll()
         if status is not None:
             tail = tb.log_tail()
@@ -315,7 +447,7 @@ def _wait_until_ready(tb: TensorBoardHandle, timeout_s: float) -> None:
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
             pass
-        time.sleep(0.2)
+        time.sleep(_POLL_S)
     raise TimeoutError(
         f"TensorBoard on {tb.url} did not answer within {timeout_s:.0f} s: {tb.log_tail(1)}"
     )

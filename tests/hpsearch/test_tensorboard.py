@@ -1,29 +1,42 @@
-"""start_tensorboard / serve_forever: a real TensorBoard on 127.0.0.1 serving real event files."""
+"""start_tensorboard / serve_forever: a real TensorBoard on 127.0.0.1 serving real event files.
+
+Every wait is sized for a loaded 2-core machine (`WAIT_S`), and every process a test starts is
+killed in a teardown whatever happens: a `with` block for in-process TensorBoards, the whole
+process group (serve_forever and the TensorBoard it started) for the serve_forever children.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
-from hpsearch.tensorboard import start_tensorboard
+import hpsearch.tensorboard as tensorboard_module
+from hpsearch.tensorboard import TensorBoardHandle, serve_forever, start_tensorboard
 from trainables.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
+WAIT_S = 120.0  # TensorBoard starts in ~2 s on a quiet machine; far longer on a loaded one
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def _get_json(url: str) -> object:
-    with _OPENER.open(url, timeout=5) as resp:
+    with _OPENER.open(url, timeout=WAIT_S) as resp:
         return json.load(resp)
 
 
@@ -56,7 +69,7 @@ def _listening_addresses(port: int) -> set[str]:
     return found
 
 
-def _wait_for_runs(url: str, expected: set[str], timeout_s: float = 20.0) -> list[str]:
+def _wait_for_runs(url: str, expected: set[str], timeout_s: float = WAIT_S) -> list[str]:
     deadline = time.monotonic() + timeout_s
     runs: list[str] = []
     while time.monotonic() < deadline:
@@ -68,7 +81,7 @@ def _wait_for_runs(url: str, expected: set[str], timeout_s: float = 20.0) -> lis
 
 
 def test_serves_runs_and_scalars_on_loopback(logdir: Path) -> None:
-    with start_tensorboard(logdir, reload_interval_s=1) as tb:
+    with start_tensorboard(logdir, reload_interval_s=1, timeout_s=WAIT_S) as tb:
         assert tb.running
         assert tb.url == f"http://127.0.0.1:{tb.port}/" and tb.port > 0
         args = tb.args
@@ -115,29 +128,133 @@ def test_refuses_bad_or_busy_port(logdir: Path) -> None:
             start_tensorboard(logdir, port=port)
 
 
-def test_serve_forever_prints_address_and_stops_on_ctrl_c(logdir: Path, tmp_path: Path) -> None:
-    script = (
-        "import sys; from hpsearch.tensorboard import serve_forever; "
-        f"sys.exit(serve_forever({str(logdir)!r}, port=0))"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+# -- serve_forever in a child process ----------------------------------------------------
+
+
+class _ServeForeverChild:
+    """`serve_forever(logdir, port=0)` in a child process that leads its own process group."""
+
+    def __init__(self, logdir: Path, tmp_path: Path) -> None:
+        script = (
+            "import sys; from hpsearch.tensorboard import serve_forever; "
+            f"sys.exit(serve_forever({str(logdir)!r}, port=0, start_timeout_s={WAIT_S}))"
+        )
+        self.stderr_path = tmp_path / "serve_forever.stderr"
+        with self.stderr_path.open("w") as stderr:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", script],
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                start_new_session=True,  # its TensorBoard joins this group: one killpg ends all
+            )
+        self._lines: queue.Queue[str] = queue.Queue()
+        assert self.proc.stdout is not None
+        threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True).start()
+
+    def _pump(self, stdout: IO[str]) -> None:
+        for line in stdout:
+            self._lines.put(line)
+        self._lines.put("")  # end of output
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def read_line(self) -> str:
+        """The next line it prints; fails (with its stderr) after `WAIT_S` without one."""
+        try:
+            return self._lines.get(timeout=WAIT_S)
+        except queue.Empty:
+            pytest.fail(f"serve_forever printed nothing within {WAIT_S:.0f} s: {self.stderr()}")
+
+    def group_members(self) -> list[str]:
+        """Live (not zombie) processes left in its process group, as `ps` lines."""
+        listing = subprocess.run(
+            ["ps", "-A", "-o", "pid=,pgid=,stat=,args="], capture_output=True, text=True
+        ).stdout
+        return [
+            row.strip()
+            for row in listing.splitlines()
+            if len(row.split()) >= 3
+            and row.split()[1] == str(self.proc.pid)
+            and not row.split()[2].startswith("Z")
+        ]
+
+    def wait_for_empty_group(self) -> list[str]:
+        """Wait up to `WAIT_S` for its process group to empty; what is still there."""
+        deadline = time.monotonic() + WAIT_S
+        while (left := self.group_members()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return left
+
+    def kill_group(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+
+@pytest.fixture
+def serve_forever_child(logdir: Path, tmp_path: Path) -> Iterator[_ServeForeverChild]:
+    child = _ServeForeverChild(logdir, tmp_path)
     try:
-        first = proc.stdout.readline()  # type: ignore[union-attr]
-        assert "at http://127.0.0.1:" in first, first + proc.stderr.read()  # type: ignore[union-attr]
-        url = first.split(" at ", 1)[1].split()[0]
-        assert isinstance(_get_json(url + "data/runs"), list)
-        assert "ssh -L" in proc.stdout.readline()  # type: ignore[union-attr]
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=20) == 0
+        yield child
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        child.kill_group()  # whatever happened: the child and every TensorBoard it started
+
+
+def _url_once_serving(child: _ServeForeverChild) -> str:
+    first = child.read_line()
+    assert "at http://127.0.0.1:" in first, first + child.stderr()
+    url = first.split(" at ", 1)[1].split()[0]
+    assert isinstance(_get_json(url + "data/runs"), list)
+    assert "ssh -L" in child.read_line()
+    return url
+
+
+def test_serve_forever_prints_address_and_stops_on_ctrl_c(
+    serve_forever_child: _ServeForeverChild,
+) -> None:
+    url = _url_once_serving(serve_forever_child)
+    serve_forever_child.proc.send_signal(signal.SIGINT)
+    assert serve_forever_child.proc.wait(timeout=WAIT_S) == 0, serve_forever_child.stderr()
+    assert serve_forever_child.wait_for_empty_group() == []  # its TensorBoard is gone too
     with pytest.raises(OSError):
         _OPENER.open(url + "data/runs", timeout=2)
+
+
+def test_serve_forever_stops_tensorboard_on_sigterm(
+    serve_forever_child: _ServeForeverChild,
+) -> None:
+    url = _url_once_serving(serve_forever_child)
+    serve_forever_child.proc.send_signal(signal.SIGTERM)
+    # TensorBoard is stopped first; then the process still ends as a SIGTERM ends it.
+    returncode = serve_forever_child.proc.wait(timeout=WAIT_S)
+    assert returncode == -signal.SIGTERM, serve_forever_child.stderr()
+    assert serve_forever_child.wait_for_empty_group() == []
+    with pytest.raises(OSError):
+        _OPENER.open(url + "data/runs", timeout=2)
+
+
+def test_serve_forever_stops_tensorboard_on_ctrl_c_right_after_launch(
+    logdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C between TensorBoard's Popen returning and anything taking charge of it."""
+    launched: list[TensorBoardHandle] = []
+    real_launch = tensorboard_module._launch
+
+    def launch_then_ctrl_c(*args: object) -> TensorBoardHandle:
+        handle = real_launch(*args)  # type: ignore[arg-type]
+        launched.append(handle)
+        signal.raise_signal(signal.SIGINT)  # under Python's default: KeyboardInterrupt here
+        return handle
+
+    monkeypatch.setattr(tensorboard_module, "_launch", launch_then_ctrl_c)
+    try:
+        out = io.StringIO()
+        assert serve_forever(logdir, port=0, out=out, start_timeout_s=WAIT_S) == 0
+        assert len(launched) == 1 and not launched[0].running
+        assert out.getvalue() == ""  # stopped before it ever served
+    finally:
+        for handle in launched:
+            handle.stop()
