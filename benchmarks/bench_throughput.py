@@ -47,19 +47,19 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch  # noqa: E402
 
 from trainables.errors import ConfigError  # noqa: E402
+from trainables.minbert.batching import (  # noqa: E402
+    Batch,
+    EncodedSplit,
+    batch_indices,
+    padding_share,
+)
 from trainables.minbert.config import TrialConfig, load_trial_config  # noqa: E402
 from trainables.minbert.data import (  # noqa: E402
     TASKS,
-    Batch,
-    EncodedSplit,
     MultitaskData,
-    batch_indices,
     held_out_count,
     load_multitask_data,
-    padding_share,
-    read_task_file,
     split_order,
-    task_files,
 )
 from trainables.minbert.encoder import build_encoder  # noqa: E402
 from trainables.minbert.engine import (  # noqa: E402
@@ -72,6 +72,7 @@ from trainables.minbert.extensions.pair_similarity import make_pair_similarity  
 from trainables.minbert.extensions.surgery import SumGradients  # noqa: E402
 from trainables.minbert.multitask import MultitaskBert  # noqa: E402
 from trainables.minbert.streams import TaskStream  # noqa: E402
+from trainables.minbert.task_files import read_task_file, task_files  # noqa: E402
 from trainables.minbert.tokenizer import WordPieceTokenizer  # noqa: E402
 
 INPUT_KEYS = ("inputs", "inputs_a", "inputs_b")
@@ -552,7 +553,7 @@ def report(r: dict[str, Any]) -> str:
         f"{pad['step']['B_computed']:>9.1%}"
     )
     lines.append(
-        "  A/B: padded positions per input (trainables.minbert.data.padding_share); "
+        "  A/B: padded positions per input (trainables.minbert.batching.padding_share); "
         "comp: as the encoder computes them (both siamese sides widened to the wider); "
         "floor: what perfect sorting leaves (a pair's shorter side)"
     )

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainables.minbert.data import TASKS, batch_indices, padding_share
+from trainables.minbert.batching import batch_indices, padding_share
+from trainables.minbert.data import TASKS
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_throughput.py"
 TINY = [
@@ -122,7 +123,7 @@ def test_pass_padding_counts_as_padding_share(bench, setup):
 
 
 def test_pair_floor_and_positions_by_hand(bench):
-    from trainables.minbert.data import EncodedSplit
+    from trainables.minbert.batching import EncodedSplit
 
     split = EncodedSplit(
         "sts",

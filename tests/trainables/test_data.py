@@ -18,17 +18,9 @@ import torch
 
 from trainables.errors import ConfigError
 from trainables.minbert import data as data_module
+from trainables.minbert.batching import EncodedSplit, padding_share
 from trainables.minbert.config import DataConfig
-from trainables.minbert.data import (
-    TASKS,
-    EncodedSplit,
-    MultitaskData,
-    load_multitask_data,
-    padding_share,
-    preprocess_string,
-    read_task_file,
-    task_files,
-)
+from trainables.minbert.data import TASKS, MultitaskData, load_multitask_data
 from trainables.minbert.hf_folder import minilm_dir
 from trainables.minbert.synthetic import (
     FILE_NAMES,
@@ -36,6 +28,7 @@ from trainables.minbert.synthetic import (
     ensure_synthetic_dataset,
     write_synthetic_dataset,
 )
+from trainables.minbert.task_files import preprocess_string, read_task_file, task_files
 from trainables.minbert.tokenizer import WordPieceTokenizer
 
 REAL_DIR = Path("/work/shared/data/cs224n")

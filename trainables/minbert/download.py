@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import os
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from trainables.atomic import atomic_path
 from trainables.errors import ConfigError
 
 CS224N_COMMIT = "7ac8260577fc12a86c7aaf38918056c30054ef39"
@@ -119,7 +118,7 @@ def download_cs224n(
     written: list[Path] = []
     try:
         for name, data in fetched.items():
-            _write_atomic(dest / name, data)
+            _write_new(dest / name, data)
             written.append(dest / name)
     except OSError as exc:
         for path in written:
@@ -159,13 +158,10 @@ def _reason(reason: object) -> str:
     return str(reason) or type(reason).__name__
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fp:
-            fp.write(data)
-        if path.exists():  # appeared meanwhile: keep it, it is checked on the next run
+def _write_new(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (`trainables.atomic`); a file that appeared at `path`
+    meanwhile is kept (FileExistsError): it is checked on the next run."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+        if path.exists():
             raise FileExistsError(f"{path} appeared while downloading")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)

@@ -12,7 +12,8 @@ from typing import Any
 import torch
 
 from trainables.minbert import metrics
-from trainables.minbert.data import TASKS, Batch, EncodedSplit
+from trainables.minbert.batching import Batch, EncodedSplit
+from trainables.minbert.data import TASKS
 from trainables.minbert.multitask import MultitaskBert
 from trainables.minbert.tokenizer import WordPieceTokenizer
 

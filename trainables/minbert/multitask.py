@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.minbert.data import Batch
+from trainables.minbert.batching import Batch
 from trainables.minbert.extensions.pair_similarity import PairHead, PairSimilarity
 from trainables.minbert.model import BertModel, mean_pool
 

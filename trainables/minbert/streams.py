@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import torch
 
-from trainables.minbert.data import Batch, EncodedSplit
+from trainables.minbert.batching import Batch, EncodedSplit
 from trainables.minbert.extensions.phases import Phase
 from trainables.minbert.tokenizer import WordPieceTokenizer
 

@@ -67,5 +67,7 @@ class PairHead(PairSimilarity):
 def make_pair_similarity(cfg: TrialConfig, hidden: int) -> PairSimilarity:
     """The trial's STS head: the `sts_head` toggle that is on (cosine_sts), or a `PairHead`
     over embeddings of width `hidden`."""
-    head = build_active("sts_head", cfg, PairSimilarity)
-    return head or PairHead(hidden, siamese=cfg.model.pair_encoding == "siamese")
+    built = build_active("sts_head", cfg, PairSimilarity)
+    if isinstance(built, PairSimilarity):
+        return built
+    return PairHead(hidden, siamese=cfg.model.pair_encoding == "siamese")

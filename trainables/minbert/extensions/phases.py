@@ -117,7 +117,8 @@ class MultitaskOnly(PhasePlan):
 
 def make_phase_plan(cfg: TrialConfig) -> PhasePlan:
     """The trial's plan: the `phases` toggle that is on (sequential_sts), or `MultitaskOnly`."""
-    return build_active("phases", cfg, PhasePlan) or MultitaskOnly()
+    built = build_active("phases", cfg, PhasePlan)
+    return built if isinstance(built, PhasePlan) else MultitaskOnly()
 
 
 def make_phases(cfg: TrialConfig, tasks: tuple[str, ...]) -> list[Phase]:

@@ -27,7 +27,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
@@ -56,7 +56,6 @@ ENTRY_POINT_GROUP = "hpsearch.extensions"
 #   sts_head PairSimilarity   how two sentence embeddings become an STS score
 Kind = Literal["surgery", "phases", "sts_head"]
 KINDS: tuple[Kind, ...] = ("surgery", "phases", "sts_head")
-_Built = TypeVar("_Built")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _SHORT = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -263,17 +262,17 @@ def active_toggle(kind: Kind, flat: Mapping[str, Any]) -> Toggle | None:
     return next((t for t in toggles() if t.kind == kind and flat.get(t.key) is True), None)
 
 
-def build_active(kind: Kind, cfg: TrialConfig, interface: type[_Built]) -> _Built | None:
+def build_active(kind: Kind, cfg: TrialConfig, interface: type) -> object | None:
     """The trial's implementation of `kind`: its toggle's class called with `cfg`, or None
     when no toggle of that kind is on (the caller then uses its default).
 
-    ConfigError when the class does not make an `interface` (a plug-in registered under the
-    wrong kind, say).
+    The result is an instance of `interface` (callers narrow it with isinstance): ConfigError
+    when the class makes something else (a plug-in registered under the wrong kind, say).
     """
     toggle = active_toggle(kind, cfg.to_flat_dict())
     if toggle is None:
         return None
-    built = load_factory(toggle)(cfg)
+    built: object = load_factory(toggle)(cfg)
     if not isinstance(built, interface):
         raise ConfigError(
             f"extension {toggle.name!r}: {toggle.factory} made a {type(built).__name__}, not "

@@ -95,7 +95,8 @@ class SumGradients(GradientSurgery):
 def make_surgery(cfg: TrialConfig) -> GradientSurgery:
     """The surgery of the trial: the `surgery` toggle that is on (PCGrad, a plug-in's), or the
     plain sum."""
-    return build_active("surgery", cfg, GradientSurgery) or SumGradients()
+    built = build_active("surgery", cfg, GradientSurgery)
+    return built if isinstance(built, GradientSurgery) else SumGradients()
 
 
 def flatten_gradients(

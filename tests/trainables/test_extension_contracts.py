@@ -1,0 +1,193 @@
+"""One contract per extension interface, run against every implementation (Optuna's
+BasicSamplerTestCase habit); gradient surgery has its own in test_surgery.py."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from trainables.errors import ConfigError
+from trainables.minbert.config import TrialConfig, load_trial_config
+from trainables.minbert.extensions import registry
+from trainables.minbert.extensions.cosine_sts import CosineSimilarity
+from trainables.minbert.extensions.pair_similarity import (
+    PairHead,
+    PairSimilarity,
+    make_pair_similarity,
+)
+from trainables.minbert.extensions.phases import (
+    MultitaskOnly,
+    MultitaskPhase,
+    Phase,
+    PhasePlan,
+    make_phase_plan,
+    make_phases,
+)
+from trainables.minbert.extensions.sampling import CycleSampler, ProportionalSampler, TaskSampler
+from trainables.minbert.extensions.sequential_sts import SequentialSts
+from trainables.minbert.extensions.surgery import GradientSurgery
+
+TASKS = ("sst", "para", "sts")
+
+
+def _cfg(*overrides: str) -> TrialConfig:
+    return load_trial_config(None, list(overrides))
+
+
+# ------------------------------------------------------------------ TaskSampler
+@pytest.fixture(params=[CycleSampler, ProportionalSampler], ids=["cycle", "proportional"])
+def sampler(request: pytest.FixtureRequest) -> TaskSampler:
+    made: TaskSampler = request.param()
+    return made
+
+
+class TestTaskSamplerContract:
+    SIZES = {"sst": 4, "para": 9, "sts": 2, "empty": 0}
+
+    def test_seeded_determinism(self, sampler: TaskSampler) -> None:
+        first = sampler.epoch(self.SIZES, random.Random(5))
+        assert first == sampler.epoch(self.SIZES, random.Random(5))
+
+    def test_every_task_with_batches_appears_and_no_other(self, sampler: TaskSampler) -> None:
+        plan = sampler.epoch(self.SIZES, random.Random(1))
+        seen = {task for step in plan for task in step}
+        assert seen == {"sst", "para", "sts"}
+        assert all(step and len(set(step)) == len(step) for step in plan)
+
+    def test_independent_of_dict_order(self, sampler: TaskSampler) -> None:
+        reversed_sizes = dict(reversed(list(self.SIZES.items())))
+        assert sampler.epoch(self.SIZES, random.Random(2)) == sampler.epoch(
+            reversed_sizes, random.Random(2)
+        )
+
+
+# ------------------------------------------------------------------ PhasePlan
+def _multitask(cfg: TrialConfig) -> Phase:
+    train = cfg.train
+    return MultitaskPhase(CycleSampler(), TASKS, train.epochs, train.evals_per_epoch, train.seed)
+
+
+PLANS = {
+    "multitask_only": lambda: (MultitaskOnly(), _cfg()),
+    "sequential_sts": lambda: (
+        SequentialSts(
+            _cfg("extensions.sequential_sts=true", "extensions.sequential_sts_epochs=2")
+        ),
+        _cfg("extensions.sequential_sts=true", "extensions.sequential_sts_epochs=2"),
+    ),
+}
+
+
+@pytest.fixture(params=sorted(PLANS))
+def plan_and_cfg(request: pytest.FixtureRequest) -> tuple[PhasePlan, TrialConfig]:
+    plan, cfg = PLANS[request.param]()
+    return plan, cfg
+
+
+class TestPhasePlanContract:
+    def test_is_a_phase_plan_built_from_its_toggle(
+        self, plan_and_cfg: tuple[PhasePlan, TrialConfig]
+    ) -> None:
+        plan, cfg = plan_and_cfg
+        assert isinstance(plan, PhasePlan)
+        assert type(make_phase_plan(cfg)) is type(plan)
+
+    def test_keeps_the_multitask_phase_once_and_names_are_unique(
+        self, plan_and_cfg: tuple[PhasePlan, TrialConfig]
+    ) -> None:
+        plan, cfg = plan_and_cfg
+        multitask = _multitask(cfg)
+        phases = plan.phases(multitask)
+        assert [p for p in phases if p is multitask] == [multitask]
+        names = [p.name for p in phases]
+        assert len(set(names)) == len(names) and all(names)
+        again = plan.phases(multitask)  # no state: the same phases every time
+        assert [(p.name, p.tasks, p.epochs) for p in again] == [
+            (p.name, p.tasks, p.epochs) for p in phases
+        ]
+
+    def test_every_phase_plans_seeded_epochs_over_its_own_tasks(
+        self, plan_and_cfg: tuple[PhasePlan, TrialConfig]
+    ) -> None:
+        plan, cfg = plan_and_cfg
+        for phase in plan.phases(_multitask(cfg)):
+            assert phase.epochs >= 1 and phase.tasks and set(phase.tasks) <= set(TASKS)
+            sizes = {t: 3 + k for k, t in enumerate(phase.tasks)}
+            steps = phase.epoch_plan(sizes, 0)
+            assert steps and steps == phase.epoch_plan(sizes, 0)
+            assert {t for step in steps for t in step} <= set(phase.tasks)
+            points = phase.eval_points(len(steps))
+            assert points and all(1 <= p <= len(steps) for p in points)
+
+    def test_make_phases_ends_with_the_multitask_loop(
+        self, plan_and_cfg: tuple[PhasePlan, TrialConfig]
+    ) -> None:
+        _, cfg = plan_and_cfg
+        phases = make_phases(cfg, TASKS)
+        assert isinstance(phases[-1], MultitaskPhase) and phases[-1].tasks == TASKS
+        assert [p.counts_toward_max_steps for p in phases].count(True) == 1
+
+
+def test_sequential_sts_puts_sts_only_epochs_first() -> None:
+    phases = make_phases(_cfg("extensions.sequential_sts=true"), TASKS)
+    assert [(p.name, p.tasks, p.epochs) for p in phases] == [
+        ("sequential", ("sts",), 1),
+        ("multitask", TASKS, 1),
+    ]
+
+
+# ------------------------------------------------------------------ PairSimilarity
+HEADS = {
+    "linear_siamese": lambda: PairHead(8, siamese=True),
+    "linear_cross": lambda: PairHead(8, siamese=False),
+    "cosine": lambda: CosineSimilarity(_cfg("extensions.cosine_sts=true")),
+}
+
+
+@pytest.fixture(params=sorted(HEADS))
+def head(request: pytest.FixtureRequest) -> PairSimilarity:
+    made: PairSimilarity = HEADS[request.param]()
+    return made
+
+
+class TestPairSimilarityContract:
+    def _inputs(self, head: PairSimilarity) -> tuple[torch.Tensor, torch.Tensor | None]:
+        gen = torch.Generator().manual_seed(0)
+        u = torch.randn(5, 8, generator=gen, requires_grad=True)
+        siamese = not isinstance(head, PairHead) or head.siamese
+        return u, torch.randn(5, 8, generator=gen) if siamese else None
+
+    def test_one_finite_score_per_pair(self, head: PairSimilarity) -> None:
+        head.init_weights(0.02)
+        scores = head(*self._inputs(head))
+        assert scores.shape == (5,) and bool(torch.isfinite(scores).all())
+
+    def test_scores_depend_on_the_embeddings(self, head: PairSimilarity) -> None:
+        u, v = self._inputs(head)
+        head(u, v).sum().backward()
+        assert u.grad is not None and bool(u.grad.abs().sum() > 0)
+
+    def test_says_whether_dropout_comes_first(self, head: PairSimilarity) -> None:
+        assert isinstance(head.dropout_before, bool)
+
+
+def test_make_pair_similarity_picks_the_toggled_head() -> None:
+    assert isinstance(
+        make_pair_similarity(_cfg("extensions.cosine_sts=true"), 8), CosineSimilarity
+    )
+    default = make_pair_similarity(_cfg(), 8)
+    assert isinstance(default, PairHead) and default.siamese and default.dropout_before
+    cross = make_pair_similarity(_cfg("model.pair_encoding=cross"), 8)
+    assert isinstance(cross, PairHead) and not cross.siamese
+    assert not CosineSimilarity().dropout_before  # no parameters to regularise
+
+
+def test_a_factory_of_the_wrong_interface_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = _cfg("extensions.pcgrad=true")
+    monkeypatch.setattr(registry, "load_factory", lambda toggle: CosineSimilarity)
+    with pytest.raises(ConfigError, match="not the GradientSurgery"):
+        registry.build_active("surgery", cfg, GradientSurgery)
+    assert registry.active_toggle("surgery", cfg.to_flat_dict()) is not None
+    assert registry.active_toggle("phases", cfg.to_flat_dict()) is None
