@@ -7,33 +7,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hpsearch import preflight
 from trainables.errors import ConfigError
 from trainables.minbert.config import TrialConfig, load_trial_config
-
-# What --smoke-test changes: a few steps on a little data, same code path.
-SMOKE_OVERRIDES = [
-    "data.max_train_examples=64",
-    "data.max_eval_examples=48",
-    "data.train_eval_examples=32",
-    "data.max_length=48",
-    "train.max_steps=4",
-    "train.evals_per_epoch=2",
-    "train.batch_size=8",
-]
+from trainables.minbert.extensions.registry import toggles
 
 
 def resolve_train_config(args: argparse.Namespace) -> TrialConfig:
-    overrides = list(SMOKE_OVERRIDES) if args.smoke_test else []
-    overrides += list(args.overrides)
+    """The run's config: the file, then --smoke-test, the dotted overrides, --data-dir."""
+    smoke = preflight.smoke_overrides() if args.smoke_test else {}
+    dotted = [f"{key}={value}" for key, value in smoke.items()] + list(args.overrides)
     if args.data_dir:
-        data_dir = Path(args.data_dir)
-        if not data_dir.is_dir():
-            raise ConfigError(
-                f"--data-dir {data_dir} does not exist: pass the folder holding the "
-                "CS224N files (see `hpsearch data download`)"
-            )
-        overrides.append(f"data.data_dir={data_dir.resolve()}")
-    return load_trial_config(args.config, overrides)
+        data_dir = preflight.data_dir_override(args.data_dir)
+        dotted += [f"{key}={value}" for key, value in data_dir.items()]
+    return load_trial_config(args.config, dotted)
 
 
 def _out_dir(args: argparse.Namespace) -> Path:
@@ -54,48 +41,15 @@ def _out_dir(args: argparse.Namespace) -> Path:
     return out
 
 
-def preflight(cfg: TrialConfig) -> None:
-    """Check the checkpoint folder and the data files, before the run folder is created.
-
-    A missing or truncated weights file, a data folder without its files, a file with the
-    wrong columns or no usable row: each is one ConfigError here, and nothing is written
-    (the token cache the data check fills is reused by the run).
-    """
-    from trainables.minbert import _faults
-    from trainables.minbert.data import load_multitask_data
-    from trainables.minbert.hf_folder import minilm_dir, resolve_checkpoint_dir
-    from trainables.minbert.model import BertModel
-    from trainables.minbert.tokenizer import WordPieceTokenizer
-
-    _faults.check_env()
-    m = cfg.model
-    if m.checkpoint == "minilm":
-        minilm_dir()
-    elif m.checkpoint != "random":
-        BertModel.from_pretrained(m.checkpoint)
-    if m.checkpoint == "random" and m.vocab_file:
-        vocab = Path(m.vocab_file)
-        if not vocab.is_file():
-            raise ConfigError(
-                f"model.vocab_file {vocab} does not exist: pass a WordPiece "
-                "vocab.txt, or leave it unset to use MiniLM's"
-            )
-    else:
-        vocab = (
-            resolve_checkpoint_dir("minilm" if m.checkpoint == "random" else m.checkpoint)
-            / "vocab.txt"
-        )
-    load_multitask_data(cfg.data, WordPieceTokenizer(vocab), m.pair_encoding)
-
-
 def run_train(args: argparse.Namespace) -> int:
+    """`hpsearch train`: check, train with a progress bar, print the summary."""
     cfg = resolve_train_config(args)
     out = _out_dir(args)
     if args.resume:
         from trainables.minbert.run_checkpoint import find_checkpoint
 
         find_checkpoint(out)  # refuse before any work when nothing intact is there
-    preflight(cfg)
+    preflight.check_trial(cfg)  # checkpoint, vocabulary and data, before the run folder
     from trainables.minbert.callbacks import ProgressBar
     from trainables.minbert.trainer import train_trial
 
@@ -108,16 +62,10 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def format_summary(cfg: TrialConfig, summary: dict[str, Any], out: Path, wall_s: float) -> str:
+    """The one-screen summary of a finished run."""
     ext = cfg.extensions
-    on = [
-        name
-        for name, flag in (
-            ("cosine_sts", ext.cosine_sts),
-            ("pcgrad", ext.pcgrad),
-            ("sequential_sts", ext.sequential_sts),
-        )
-        if flag
-    ]
+    flat = cfg.to_flat_dict()
+    on = [toggle.name for toggle in toggles() if flat.get(toggle.key) is True]
     lines = [
         "",
         f"run folder   {out}",

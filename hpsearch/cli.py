@@ -17,22 +17,26 @@ subcommand that needs them, so `--help` and input errors answer at once.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+from hpsearch.settings import SweepSettings
 from trainables.errors import ConfigError
 
 EXIT_BAD_INPUT = 2
+_default = SweepSettings.default  # every sweep option's default lives in SweepSettings
 
 
-def _number(kind: type, low: float, strict: bool):
+def _number(kind: type[int] | type[float], low: float, strict: bool) -> Callable[[str], Any]:
     """An argparse type: a finite number of `kind` above `low` (strictly, or at least)."""
     what = "a whole number" if kind is int else "a number"
     bound = f"> {low:g}" if strict else f">= {low:g}"
 
-    def parse(text: str) -> float:
+    def parse(text: str) -> int | float:
         try:
             value = kind(text)
         except ValueError:
@@ -55,127 +59,156 @@ _positive_float = _number(float, 0, strict=True)
 _non_negative_float = _number(float, 0, strict=False)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, like every other input error
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line with exit status 2, like every other
+    input error."""
+
+    def error(self, message: str) -> Any:
         self.exit(EXIT_BAD_INPUT, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    """The `hpsearch` command line; the sweep options' defaults come from SweepSettings."""
+    parser = OneLineErrorParser(
         prog="hpsearch", description="Distributed hyperparameter search for multitask minBERT."
     )
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    commands = parser.add_subparsers(
+        dest="command", required=True, parser_class=OneLineErrorParser
+    )
 
-    t = sub.add_parser("train", help="train one configuration, without Ray")
-    t.add_argument("config", help="trial config YAML (sections model, data, train, extensions)")
-    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=2e-5")
-    t.add_argument(
+    train = commands.add_parser("train", help="train one configuration, without Ray")
+    train.add_argument(
+        "config", help="trial config YAML (sections model, data, train, extensions)"
+    )
+    train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=2e-5")
+    train.add_argument(
         "--data-dir", help="folder with the CS224N files (default: built-in synthetic data)"
     )
-    t.add_argument(
+    train.add_argument(
         "--out", help="run folder (default: runs/<config name>-<time>); must not exist yet"
     )
-    t.add_argument(
+    train.add_argument(
         "--resume",
         action="store_true",
         help="continue the run in --out from its newest checkpoint",
     )
-    t.add_argument(
+    train.add_argument(
         "--smoke-test",
         action="store_true",
         help="a few steps on a little data, to check the set-up",
     )
 
-    s = sub.add_parser("sweep", help="run a search space as a Ray Tune experiment")
-    s.add_argument("space", help="search space YAML (see search_spaces/)")
-    s.add_argument(
+    sweep = commands.add_parser("sweep", help="run a search space as a Ray Tune experiment")
+    sweep.add_argument("space", help="search space YAML (see search_spaces/)")
+    sweep.add_argument(
         "overrides", nargs="*", help="dotted trial-config overrides applied to every trial"
     )
-    s.add_argument("--name", help="experiment name (default: the space's name)")
-    s.add_argument(
-        "--storage-path", default="results", help="where experiments live (default: results/)"
+    sweep.add_argument("--name", help="experiment name (default: the space's name)")
+    sweep.add_argument(
+        "--storage-path",
+        default=_default("storage_path"),
+        help=f"where experiments live (default: {_default('storage_path')}/)",
     )
-    s.add_argument(
+    sweep.add_argument(
         "--num-samples", type=_positive_int, help="trials to run (default: the space's)"
     )
-    s.add_argument("--max-concurrent", type=_positive_int, help="trials running at once")
-    s.add_argument(
-        "--cpus-per-trial", type=_positive_float, default=None, help="CPUs per trial worker"
+    sweep.add_argument("--max-concurrent", type=_positive_int, help="trials running at once")
+    sweep.add_argument(
+        "--cpus-per-trial",
+        type=_positive_float,
+        default=_default("cpus_per_trial"),
+        help="CPUs per trial worker",
     )
-    s.add_argument(
-        "--gpus-per-trial", type=_non_negative_float, default=0.0, help="GPUs per trial worker"
+    sweep.add_argument(
+        "--gpus-per-trial",
+        type=_non_negative_float,
+        default=_default("gpus_per_trial"),
+        help="GPUs per trial worker",
     )
-    s.add_argument(
+    sweep.add_argument(
         "--workers-per-trial",
         type=_positive_int,
-        default=1,
+        default=_default("workers_per_trial"),
         help="data-parallel DeepSpeed workers per trial (Ray Train)",
     )
-    s.add_argument(
+    sweep.add_argument(
         "--data-dir", help="folder with the CS224N files (default: built-in synthetic data)"
     )
-    s.add_argument(
+    sweep.add_argument(
         "--address", help="Ray cluster address (e.g. auto or HOST:6379); default: a local Ray"
     )
-    s.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray (default: all)")
-    s.add_argument(
+    sweep.add_argument(
+        "--num-cpus", type=_positive_int, help="CPUs of the local Ray (default: all)"
+    )
+    sweep.add_argument(
         "--max-failures",
         type=_non_negative_int,
-        default=2,
-        help="retries of a crashed trial from its last checkpoint (default 2)",
+        default=_default("max_failures"),
+        help=f"retries of a crashed trial from its last checkpoint "
+        f"(default {_default('max_failures')})",
     )
-    s.add_argument(
+    sweep.add_argument(
         "--time-limit-per-trial",
         type=_positive_float,
-        default=None,
+        default=_default("time_limit_per_trial"),
         help="seconds a trial may run before it is stopped and marked failed",
     )
-    s.add_argument(
+    sweep.add_argument(
         "--exist-ok-suffix",
         action="store_true",
         help="if the experiment folder exists, use NAME-2, NAME-3, ... instead of refusing",
     )
-    s.add_argument(
+    sweep.add_argument(
         "--warm-start",
         metavar="EXP_DIR",
         help="seed the sampler with the finished trials of an earlier experiment",
     )
-    s.add_argument("--no-report", action="store_true", help="skip the report at the end")
-    s.add_argument("--smoke-test", action="store_true", help="2 tiny trials, to check the set-up")
+    sweep.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    sweep.add_argument(
+        "--smoke-test", action="store_true", help="2 tiny trials, to check the set-up"
+    )
 
-    r = sub.add_parser("resume", help="continue an interrupted experiment")
-    r.add_argument("exp_dir")
-    r.add_argument("--address", help="Ray cluster address")
-    r.add_argument("--num-cpus", type=_positive_int)
-    r.add_argument("--no-report", action="store_true")
+    resume = commands.add_parser("resume", help="continue an interrupted experiment")
+    resume.add_argument("exp_dir")
+    resume.add_argument("--address", help="Ray cluster address")
+    resume.add_argument("--num-cpus", type=_positive_int)
+    resume.add_argument("--no-report", action="store_true")
 
-    rep = sub.add_parser("report", help="write the ablation report of an experiment")
-    rep.add_argument("exp_dir")
+    report = commands.add_parser("report", help="write the ablation report of an experiment")
+    report.add_argument("exp_dir")
 
-    tb = sub.add_parser("tensorboard", help="start TensorBoard on an experiment (127.0.0.1)")
-    tb.add_argument("exp_dir")
-    tb.add_argument("--port", type=int, default=6006)
-    tb.add_argument(
+    board = commands.add_parser(
+        "tensorboard", help="start TensorBoard on an experiment (127.0.0.1)"
+    )
+    board.add_argument("exp_dir")
+    board.add_argument("--port", type=int, default=6006)
+    board.add_argument(
         "--host",
         default="127.0.0.1",
         help="bind address; anything but loopback needs --allow-remote",
     )
-    tb.add_argument("--allow-remote", action="store_true")
+    board.add_argument("--allow-remote", action="store_true")
 
-    c = sub.add_parser("check-cluster", help="validate a Ray cluster-launcher file")
-    c.add_argument("file")
+    cluster = commands.add_parser("check-cluster", help="validate a Ray cluster-launcher file")
+    cluster.add_argument("file")
 
-    d = sub.add_parser("data", help="data sets")
-    dsub = d.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
-    dl = dsub.add_parser("download", help="fetch the official CS224N files and check them")
-    dl.add_argument("--dest", required=True)
-    dl.add_argument(
+    data = commands.add_parser("data", help="data sets")
+    data_commands = data.add_subparsers(
+        dest="data_command", required=True, parser_class=OneLineErrorParser
+    )
+    download = data_commands.add_parser(
+        "download", help="fetch the official CS224N files and check them"
+    )
+    download.add_argument("--dest", required=True)
+    download.add_argument(
         "--base-url", default=None, help="mirror of the starter repository's data/ folder"
     )
-    sy = dsub.add_parser("synth", help="write the built-in synthetic data set (CS224N format)")
-    sy.add_argument("--dest", required=True)
-    sy.add_argument("--seed", type=int, default=0)
-    return p
+    synth = data_commands.add_parser(
+        "synth", help="write the built-in synthetic data set (CS224N format)"
+    )
+    synth.add_argument("--dest", required=True)
+    synth.add_argument("--seed", type=int, default=0)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -191,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if rest:
         args.overrides = [*args.overrides, *rest]
     try:
+        _warn_if_faults_armed()
         return _dispatch(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -200,19 +234,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _warn_if_faults_armed() -> None:
+    """One line on stderr whenever HPSEARCH_FAULT is set: a test hook must never fire
+    unnoticed in a real run (a malformed value is refused: ConfigError)."""
+    from trainables.minbert import faults
+
+    if not os.environ.get(faults.ENV):
+        return
+    armed = faults.armed()
+    print(
+        f"warning: {faults.ENV} is set: fault injection armed ({faults.describe(armed)}); "
+        "unset it for real runs",
+        file=sys.stderr,
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> SweepSettings:
+    """The SweepSettings of `hpsearch sweep`'s arguments (every option is a field)."""
+    from trainables.minbert.config import parse_override
+
+    names = {f.name for f in dataclasses.fields(SweepSettings)}
+    given = {name: value for name, value in vars(args).items() if name in names}
+    given["report"] = not args.no_report
+    given["overrides"] = dict(parse_override(o) for o in args.overrides)
+    return SweepSettings(**given)
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "train":
         from hpsearch._train_cmd import run_train
 
         return run_train(args)
     if args.command == "sweep":
-        from hpsearch.sweep import run_sweep_command
+        from hpsearch.sweep import run_sweep
 
-        return run_sweep_command(args)
+        exp = run_sweep(args.space, settings_from_args(args))
+        print(f"experiment folder: {exp}")
+        return 0
     if args.command == "resume":
-        from hpsearch.sweep import run_resume_command
+        from hpsearch.sweep import resume_sweep
 
-        return run_resume_command(args)
+        resume_sweep(
+            args.exp_dir, address=args.address, num_cpus=args.num_cpus, report=not args.no_report
+        )
+        return 0
     if args.command == "report":
         return _report(Path(args.exp_dir))
     if args.command == "tensorboard":
@@ -229,7 +294,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from hpsearch.cluster import check_cluster_file
 
         summary = check_cluster_file(args.file)
-        print(summary.describe() if hasattr(summary, "describe") else summary)
+        print(summary.describe())
         return 0
     if args.command == "data":
         return _data(args)

@@ -212,8 +212,8 @@ def test_tensorboard_listens_on_loopback_only_by_default(tmp_path):
 _RAY_PROBE = """
 import json, os, sys
 import psutil, ray
-from hpsearch.sweep import _init_ray
-_init_ray(None, 1)
+from hpsearch.driver import init_ray
+init_ray(None, 1)
 node = ray._private.worker.global_worker.node
 procs = [psutil.Process(), *psutil.Process().children(recursive=True)]
 listening = []

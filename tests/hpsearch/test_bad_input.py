@@ -568,3 +568,32 @@ def test_bad_input_is_refused_in_one_line(case: Case, tmp_path: Path) -> None:
     assert re.search(case.expect, lines[0]), lines[0]
     assert _listing(tmp_path) == before, "the command wrote files"
     assert not ray_tmp.exists(), "Ray was started"
+
+
+def test_an_armed_fault_hook_is_named_in_one_warning_line(tmp_path: Path) -> None:
+    """A well-formed HPSEARCH_FAULT never fires silently: every command says so on stderr."""
+    env = {**os.environ, "HPSEARCH_FAULT": "nan_at_step:3@seed=1; sleep_in_report:0.5"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpsearch.cli", "data", "synth", "--dest", str(tmp_path / "d")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "warning: HPSEARCH_FAULT is set: fault injection armed "
+        "(nan_at_step:3@seed=1; sleep_in_report:0.5); unset it for real runs"
+    ]
+    assert "synthetic data set written" in proc.stdout
+    env.pop("HPSEARCH_FAULT")  # unset: not a word about it
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpsearch.cli", "data", "synth", "--dest", str(tmp_path / "e")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0 and "HPSEARCH_FAULT" not in proc.stderr, proc.stderr

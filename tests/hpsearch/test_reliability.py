@@ -27,7 +27,10 @@ import optuna
 import pytest
 import yaml
 
-from hpsearch import sweep as sweep_mod
+from hpsearch import experiment as experiment_mod
+from hpsearch import worker as worker_mod
+from hpsearch.settings import SweepSettings
+from hpsearch.space_parser import load_search_space
 from trainables.atomic import write_json_atomic
 from trainables.errors import ConfigError
 from trainables.minbert import faults
@@ -82,20 +85,20 @@ def test_restarted_trial_resumes_from_the_newest_intact_checkpoint(trained_run, 
     ckpts = sorted((run / "checkpoints").glob("step-*"))
     ray_copy = Path(shutil.copytree(ckpts[-1], tmp_path / "checkpoint_000002"))
     # Ray's checkpoint intact: it is used
-    assert sweep_mod.resume_point(ray_copy, run)[0] == ray_copy
+    assert worker_mod.resume_point(ray_copy, run)[0] == ray_copy
     # Ray's copy corrupt: refused, the run folder's newest intact checkpoint is used
     _truncate(_model_file(ray_copy))
-    where, note = sweep_mod.resume_point(ray_copy, run)
+    where, note = worker_mod.resume_point(ray_copy, run)
     assert where == ckpts[-1] and "corrupt (checksum mismatch)" in note
     # the newest local one truncated as well: the one before it
     _truncate(_model_file(ckpts[-1]))
-    assert sweep_mod.resume_point(ray_copy, run)[0] == ckpts[-2]
+    assert worker_mod.resume_point(ray_copy, run)[0] == ckpts[-2]
     # a checkpoint whose manifest never got written (crash mid-save) is not a checkpoint
     (ckpts[-2] / "MANIFEST.json").unlink()
-    assert sweep_mod.resume_point(None, run)[0] == ckpts[-3]
+    assert worker_mod.resume_point(None, run)[0] == ckpts[-3]
     # nothing intact anywhere: start over, and say so
     _truncate(ckpts[-3] / "trainer_state.pt")
-    where, note = sweep_mod.resume_point(ray_copy, run)
+    where, note = worker_mod.resume_point(ray_copy, run)
     assert where is None and "starting from the beginning" in note
 
 
@@ -273,17 +276,17 @@ def test_restarted_run_cuts_metrics_back_to_its_checkpoint(tmp_path):
 
 
 def test_a_trial_that_already_ended_is_never_trained_again(tmp_path):
-    assert sweep_mod._finished_summary(tmp_path) is None
+    assert worker_mod.finished_summary(tmp_path) is None
     write_json_atomic(
         tmp_path / "summary.json", {"status": "finished", "final": True, "dev_overall": 0.5}
     )
-    assert sweep_mod._finished_summary(tmp_path)["dev_overall"] == 0.5
+    assert worker_mod.finished_summary(tmp_path)["dev_overall"] == 0.5
     write_json_atomic(
         tmp_path / "summary.json", {"status": "failed", "reason": "non-finite loss at step 3"}
     )
-    assert sweep_mod._finished_summary(tmp_path)["reason"] == "non-finite loss at step 3"
+    assert worker_mod.finished_summary(tmp_path)["reason"] == "non-finite loss at step 3"
     (tmp_path / "summary.json").write_text('{"status": "finished", "fin')  # corrupt
-    assert sweep_mod._finished_summary(tmp_path) is None
+    assert worker_mod.finished_summary(tmp_path) is None
 
 
 def test_trials_abandoned_by_a_killed_driver_are_closed(tmp_path):
@@ -302,9 +305,9 @@ def test_trials_abandoned_by_a_killed_driver_are_closed(tmp_path):
         write_json_atomic(
             exp / "trials" / f"{tid}.json", {"trial_id": tid, "status": status, "reason": None}
         )
-    assert sweep_mod.reconcile_after_fit(exp, {"known1", "known2"}) == ["lost1"]
+    assert experiment_mod.reconcile_after_fit(exp, {"known1", "known2"}) == ["lost1"]
     lost = json.loads((exp / "trials" / "lost1.json").read_text())
-    assert lost["status"] == "failed" and lost["reason"] == sweep_mod.ABANDONED
+    assert lost["status"] == "failed" and lost["reason"] == experiment_mod.ABANDONED
     assert json.loads((exp / "trials" / "known2.json").read_text())["status"] == "running"
     states = {
         t.number: t.state.name for t in optuna.load_study(study_name="exp", storage=storage).trials
@@ -313,14 +316,14 @@ def test_trials_abandoned_by_a_killed_driver_are_closed(tmp_path):
 
 
 def test_existing_experiment_gets_a_new_name_when_asked(tmp_path, capsys):
-    space = sweep_mod.load_search_space(REPO / "search_spaces" / "smoke.yaml")
+    space = load_search_space(REPO / "search_spaces" / "smoke.yaml")
     (tmp_path / "smoke").mkdir()
     (tmp_path / "smoke-2").mkdir()
-    settings = sweep_mod.SweepSettings(storage_path=str(tmp_path))
+    settings = SweepSettings(storage_path=str(tmp_path))
     with pytest.raises(ConfigError, match="already exists: pass another --name"):
-        sweep_mod._experiment_dir(settings, space)
+        experiment_mod.new_experiment_dir(settings, space.name)
     settings.exist_ok_suffix = True
-    assert sweep_mod._experiment_dir(settings, space) == tmp_path / "smoke-3"
+    assert experiment_mod.new_experiment_dir(settings, space.name) == tmp_path / "smoke-3"
     assert "writing to" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["smoke", "smoke-2"]
 
@@ -424,7 +427,7 @@ def test_report_of_a_crashed_experiment_lists_every_trial_and_ranks_only_sound_o
     report = (exp / "report" / "report.md").read_text()
     assert "Best dev_overall: 0.500 (trial aaaa0001" in report  # not the failed 0.95
     assert not [p for p in (exp / "report").rglob(".*")], "no temporary files left behind"
-    assert sweep_mod.trial_status_counts(exp) == {
+    assert experiment_mod.trial_status_counts(exp) == {
         "corrupt": 1,
         "failed": 1,
         "finished": 1,
@@ -596,7 +599,7 @@ def _check_resumed(exp: Path, before: dict[str, str], n: int) -> dict[int, dict]
     recs, abandoned = {}, []
     for path in (exp / "trials").glob("*.json"):
         rec = json.loads(path.read_text())
-        if rec["status"] == "failed" and rec["reason"] == sweep_mod.ABANDONED:
+        if rec["status"] == "failed" and rec["reason"] == experiment_mod.ABANDONED:
             assert not (exp / rec["trial_dir"] / "summary.json").exists()
             abandoned.append(rec)
             continue

@@ -14,13 +14,8 @@ from typing import Any
 import optuna
 import pytest
 
-from hpsearch.space import (
-    METRICS,
-    SearchSpace,
-    default_folder,
-    load_search_space,
-    validate_all,
-)
+from hpsearch.space import METRICS, SearchSpace
+from hpsearch.space_parser import default_folder, load_search_space, validate_all
 from trainables.errors import ConfigError
 from trainables.minbert.config import TrialConfig
 
@@ -122,7 +117,7 @@ def test_shipped_folder_has_the_four_spaces():
 def test_shipped_file_loads_and_documents_itself(path: Path):
     space = load_search_space(path)
     assert space.name == path.stem
-    assert space.total_trials() >= 1
+    assert space.num_samples >= 1
     assert set(space.metric if space.multi_objective else [space.metric]) <= METRICS
     header = []
     for line in path.read_text().splitlines():
@@ -138,7 +133,7 @@ def test_shipped_file_loads_and_documents_itself(path: Path):
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_shipped_file_samples_valid_trial_configs(path: Path):
     space = load_search_space(path)
-    n = min(30, space.total_trials()) if space.sampler == "grid" else 30
+    n = min(30, space.num_samples) if space.sampler == "grid" else 30
     configs = _run(space, n)
     for config in configs:
         _check_config(space, config)
@@ -165,7 +160,7 @@ def test_paper_ablation_is_the_report_grid():
     assert list(space.variants) == ["baseline", "cosine", "pcgrad", "sequential", "all"]
     assert space.seeds == [11711, 1, 2]
     assert space.sampler == "grid" and space.scheduler == "none"
-    assert space.total_trials() == space.grid_size() == 15
+    assert space.num_samples == space.grid_size() == 15
     cfg = space.resolve(space.grid_points()[0])
     assert (cfg.model.dropout, cfg.train.lr, cfg.train.weight_decay, cfg.train.epochs) == (
         0.3,
@@ -193,7 +188,7 @@ def test_demo_and_smoke_use_the_synthetic_data_and_small_budgets():
     smoke = load_search_space(default_folder() / "smoke.yaml")
     for space in (demo, smoke):
         assert "data.data_dir" not in space.base
-        assert space.total_trials() <= 6 and space.max_concurrent == 2
+        assert space.num_samples <= 6 and space.max_concurrent == 2
     assert smoke.base["model.checkpoint"] == "random"
     assert {p.kind for p in smoke.parameters} == {"float", "int", "categorical", "fixed"}
     assert any(p.log for p in smoke.parameters) and any(p.when for p in smoke.parameters)
@@ -218,10 +213,10 @@ seeds: [1, 2, 3]
 """,
     )
     space = load_search_space(path)
-    assert space.total_trials() == space.grid_size() == 2 * 2 * 2 * 3
+    assert space.num_samples == space.grid_size() == 2 * 2 * 2 * 3
     study = _study(space)
     # All trials asked before any is told, as when Ray runs them concurrently.
-    asked = [_ask(space, study) for _ in range(space.total_trials())]
+    asked = [_ask(space, study) for _ in range(space.num_samples)]
     seen = [
         (c["variant"], c["extensions.pcgrad"], c["extensions.task_sampling"], c["train.seed"])
         for _, c in asked
@@ -276,8 +271,8 @@ parameters:
 
 def test_grid_num_samples_may_limit_but_not_exceed_the_grid(tmp_path: Path):
     text = "search: {sampler: grid, num_samples: %d}\nseeds: [1, 2, 3]\n"
-    assert load_search_space(_write(tmp_path, text % 3)).total_trials() == 3
-    assert load_search_space(_write(tmp_path, text % 2)).total_trials() == 2
+    assert load_search_space(_write(tmp_path, text % 3)).num_samples == 3
+    assert load_search_space(_write(tmp_path, text % 2)).num_samples == 2
     with pytest.raises(ConfigError, match="exceeds the grid's 3 points"):
         load_search_space(_write(tmp_path, text % 4))
 
@@ -351,7 +346,7 @@ def test_ray_optuna_search_drives_the_space():
             mode=space.mode,
         )
         seen = []
-        for i in range(space.total_trials()):
+        for i in range(space.num_samples):
             config = searcher.suggest(f"t{i}")
             _check_config(space, config)
             seen.append(space.resolve(config).to_flat_dict())
@@ -411,7 +406,7 @@ def test_overrides(tmp_path: Path):
             "name": "quick",
         },
     )
-    assert space.total_trials() == 3 and space.name == "quick"
+    assert space.num_samples == 3 and space.name == "quick"
     assert space.base["data.data_dir"] == "/data"
     assert space.asha_grace_period == 2
     epochs = next(p for p in space.parameters if p.key == "train.epochs")

@@ -1,0 +1,298 @@
+"""The sweep driver's side of Ray Tune: the status recorder, the failure-aware Optuna searcher,
+the tuner's assembly, warm start and starting Ray.
+
+Everything here runs in the `hpsearch sweep` / `hpsearch resume` process; the trials themselves
+run `hpsearch.worker.tune_trial`. Importing this module imports Ray Tune and Optuna.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+from ray import tune
+from ray.tune import Callback
+from ray.tune.search.optuna import OptunaSearch
+
+from hpsearch.experiment import EXPERIMENT_FILE, JOURNAL, Experiment, journal_storage
+from hpsearch.space import SearchSpace
+from hpsearch.worker import tune_trial
+from trainables.atomic import write_json_atomic
+from trainables.errors import ConfigError
+
+__all__ = [
+    "FailureAwareOptunaSearch",
+    "StatusRecorder",
+    "build_tuner",
+    "init_ray",
+    "load_warm_start",
+    "seed_study",
+]
+
+_WORKER_DIED = (
+    "ActorDiedError",
+    "worker process has died",
+    "actor died unexpectedly",
+    "ActorUnavailableError",
+    "WorkerCrashedError",
+)
+_ASHA_MAX_T = 10_000  # evaluations; trials end on their own schedule long before
+
+
+class StatusRecorder(Callback):
+    """Writes trials/<id>.json as trials start, report, finish, stop early or fail."""
+
+    def __init__(self, experiment: Experiment, space: SearchSpace) -> None:
+        self.experiment = experiment
+        self.space = space
+        self.time_limit = experiment.settings.time_limit_per_trial
+        self.max_failures = experiment.settings.max_failures
+        self.started: dict[str, float] = {}
+        experiment.trials_dir.mkdir(parents=True, exist_ok=True)
+
+    def _write(self, trial: Any, status: str, reason: str | None) -> None:
+        try:
+            flat = self.space.resolve(trial.config, self.experiment.trial_overrides).to_flat_dict()
+        except ConfigError:
+            flat = dict(trial.config)
+        last = trial.last_result or {}
+        write_json_atomic(
+            self.experiment.record_path(trial.trial_id),
+            {
+                "trial_id": trial.trial_id,
+                "status": status,
+                "reason": reason,
+                "trial_dir": f"runs/{trial.trial_id}",
+                "variant": self.space.variant_of(trial.config),
+                "config": flat,
+                "searched": [p.key for p in self.space.parameters if p.kind != "fixed"],
+                "evaluations": last.get("training_iteration", 0),
+                "ray_trial_dir": trial.path,
+                "failures": _failures(trial),
+                # wall clock (s since the epoch) as the driver saw the trial start and end
+                "started_at": self.started.setdefault(trial.trial_id, time.time()),
+                "ended_at": None if status == "running" else time.time(),
+            },
+        )
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._write(trial, "running", None)
+
+    def on_trial_complete(
+        self, iteration: int, trials: list[Any], trial: Any, **info: Any
+    ) -> None:
+        last = trial.last_result or {}
+        if last.get("failed"):
+            self._write(trial, "failed", last.get("error"))
+        elif last.get("final"):
+            self._write(trial, "finished", None)
+        else:
+            evaluations, step = last.get("training_iteration", 0), last.get("step")
+            limit = self.time_limit
+            if limit and last.get("time_total_s", 0) >= limit:
+                reason = (
+                    f"time limit of {limit:g} s reached after {evaluations} evaluations "
+                    f"(step {step})"
+                )
+                self._write(trial, "failed", reason)
+            else:
+                self._write(
+                    trial,
+                    "stopped",
+                    f"stopped early by ASHA after {evaluations} evaluations (step {step})",
+                )
+
+    def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._write(
+            trial,
+            "running",
+            f"retrying from its last checkpoint after failure {_failures(trial)} "
+            f"of at most {self.max_failures}: {error_line(trial)}",
+        )
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        tries = (
+            f"failed {_failures(trial)} time(s), retries exhausted "
+            f"(--max-failures {self.max_failures})"
+        )
+        self._write(trial, "failed", f"{error_line(trial)}; {tries}")
+
+
+def _failures(trial: Any) -> int:
+    return int(getattr(trial, "num_failures", 0) or 0)
+
+
+class FailureAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells Optuna a failed trial failed (FAIL, never ranked), and that
+    lets a resumed sweep replay a trial the study already saw finish.
+
+    Plain OptunaSearch tells the last result's metric: a NaN (refused by Optuna, so the trial
+    stays RUNNING in the study forever) or, for a trial stopped at its time limit, a partial
+    score that Optuna would then rank among the best.
+    """
+
+    def __init__(self, *, time_limit: float | None, **optuna_search: Any) -> None:
+        super().__init__(**optuna_search)
+        self.time_limit = time_limit
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # a resumed sweep replaying a trial whose end the study already holds
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        limit = self.time_limit
+        if result and (
+            result.get("failed")
+            or (limit and not result.get("final") and result.get("time_total_s", 0) >= limit)
+        ):
+            result, error = None, True
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+
+def error_line(trial: Any) -> str:
+    """What went wrong, in one line: the exception and its message (a dead worker named so)."""
+    path = getattr(trial, "error_file", None) or getattr(trial, "pickled_error_file", None)
+    try:
+        text = Path(path).read_text(errors="replace") if path else ""
+    except OSError:
+        text = ""
+    if any(marker in text for marker in _WORKER_DIED):
+        kind = re.search(r"[Ww]orker exit type: (\w+)", text)
+        return (
+            "the trial's worker process died (killed by a signal such as SIGKILL, out of "
+            f"memory, or a crash{'; ' + kind.group(1) if kind else ''})"
+        )
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1][:500] if lines else "failed (no error message recorded)"
+
+
+# ---------------------------------------------------------------------------- the tuner
+def _trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"  # named by id, never by hyperparameter values
+
+
+def init_ray(address: str | None, num_cpus: int | None) -> None:
+    """Start a local Ray (no dashboard UI, loopback), or connect to `address`."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if ray.is_initialized():
+        return
+    # Trial processes inherit this environment: torch.distributed rendezvous variables left
+    # by whatever started the driver would give every trial the same port. Each single-process
+    # trial picks a free one itself; Ray Train sets them for data-parallel workers.
+    for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        os.environ.pop(key, None)
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            dashboard_host="127.0.0.1",
+            log_to_driver=True,
+            configure_logging=True,
+            logging_level=logging.WARNING,
+        )
+
+
+def build_tuner(experiment: Experiment, space: SearchSpace, restore: bool = False) -> Any:
+    """The Tuner of the experiment: a new one, or (restore) Ray's saved one, resumed."""
+    from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+
+    settings = experiment.settings
+    trainable = tune.with_resources(
+        tune.with_parameters(tune_trial, experiment=experiment, space=space),
+        settings.trial_resources(),
+    )
+    if restore:
+        return tune.Tuner.restore(
+            str(experiment.path), trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
+    searcher = FailureAwareOptunaSearch(
+        time_limit=settings.time_limit_per_trial,
+        space=space.define_by_run,
+        metric=space.metric,
+        mode=space.mode,
+        sampler=space.optuna_sampler(),
+        storage=experiment.storage(),
+        study_name=experiment.study_name,
+    )
+    max_concurrent = settings.max_concurrent or space.max_concurrent
+    search_alg = ConcurrencyLimiter(searcher, max_concurrent) if max_concurrent else searcher
+    scheduler = None
+    if space.scheduler == "asha" and not space.multi_objective:
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            metric=space.objectives[0].metric,
+            mode=space.objectives[0].mode,
+            max_t=_ASHA_MAX_T,
+            grace_period=space.asha_grace_period,
+            reduction_factor=space.asha_reduction_factor,
+        )
+    limit = settings.time_limit_per_trial
+    return tune.Tuner(
+        trainable,
+        tune_config=TuneConfig(
+            search_alg=search_alg,
+            scheduler=scheduler,
+            num_samples=experiment.total_trials,
+            reuse_actors=False,
+            trial_dirname_creator=_trial_dirname,
+        ),
+        run_config=RunConfig(
+            name=experiment.name,
+            storage_path=str(experiment.path.parent),
+            stop={"time_total_s": limit} if limit else None,
+            failure_config=FailureConfig(max_failures=settings.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            callbacks=[StatusRecorder(experiment, space)],
+            verbose=1,
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------- warm start
+def load_warm_start(source: str, space: SearchSpace) -> list[optuna.trial.FrozenTrial]:
+    """The finished Optuna trials of an earlier experiment, checked against this space."""
+    folder = Path(source).expanduser().resolve()
+    if not (folder / EXPERIMENT_FILE).is_file() or not (folder / JOURNAL).is_file():
+        raise ConfigError(
+            f"--warm-start {folder}: not an hpsearch experiment folder (no "
+            f"{EXPERIMENT_FILE} or {JOURNAL}); pass a folder an earlier sweep wrote"
+        )
+    study_name = json.loads((folder / EXPERIMENT_FILE).read_text())["study_name"]
+    study = optuna.load_study(study_name=study_name, storage=journal_storage(folder / JOURNAL))
+    wanted = [d.name.lower() for d in study.directions]
+    if wanted != space.directions:
+        raise ConfigError(
+            f"--warm-start {folder}: its objectives ({', '.join(wanted)}) differ from "
+            f"this space's ({', '.join(space.directions)}); warm-start from a "
+            "sweep with the same objectives"
+        )
+    return study.get_trials(deepcopy=True, states=(optuna.trial.TrialState.COMPLETE,))
+
+
+def seed_study(
+    experiment: Experiment, space: SearchSpace, trials: list[optuna.trial.FrozenTrial]
+) -> None:
+    """Create this experiment's study holding the earlier trials; OptunaSearch then loads it
+    (load_if_exists) and its sampler starts from them. They do not count towards num_samples."""
+    study = optuna.create_study(
+        study_name=experiment.study_name,
+        storage=experiment.storage(),
+        directions=space.directions,
+    )
+    study.add_trials(trials)
