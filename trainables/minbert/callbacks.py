@@ -28,6 +28,7 @@ from trainables.errors import TimeLimitExceeded
 
 if TYPE_CHECKING:
     from torch import Tensor
+    from torch.utils.tensorboard import SummaryWriter
 
     from trainables.minbert.trainer import MultitaskTrainer
 
@@ -146,12 +147,19 @@ class TensorBoardLogger(TrainerCallback):
 
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
-        self.writer = None
+        self._writer: SummaryWriter | None = None
+
+    @property
+    def writer(self) -> SummaryWriter:
+        """The open event writer (from on_train_start on)."""
+        if self._writer is None:
+            raise RuntimeError("TensorBoardLogger: on_train_start has not been called")
+        return self._writer
 
     def on_train_start(self, trainer: MultitaskTrainer) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(self.log_dir))
+        self._writer = SummaryWriter(str(self.log_dir))
 
     def on_step_end(self, trainer: MultitaskTrainer, logs: dict[str, Any]) -> None:
         step = logs["step"]
@@ -189,7 +197,7 @@ class ProgressBar(TrainerCallback):
     """A tqdm bar over optimizer steps, with the latest losses and dev score."""
 
     def __init__(self) -> None:
-        self.bar = None
+        self.bar: Any = None  # a tqdm bar (tqdm has no type information) from on_train_start on
         self.last_dev: float | None = None
 
     def on_train_start(self, trainer: MultitaskTrainer) -> None:

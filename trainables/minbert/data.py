@@ -95,7 +95,8 @@ class MultitaskData:
     def split(self, name: str) -> dict[str, EncodedSplit]:
         if name not in SPLITS:
             raise ValueError(f"unknown split '{name}': choose one of {', '.join(SPLITS)}")
-        return getattr(self, name)
+        splits: dict[str, EncodedSplit] = getattr(self, name)
+        return splits
 
     def sizes(self) -> dict[str, dict[str, int]]:
         """{"train": {"sst": 7690, ...}, ...}: for logs and result tables."""

@@ -134,7 +134,8 @@ def _fetch(url: str, timeout: float, dest: Path) -> bytes:
     request = urllib.request.Request(url, headers={"User-Agent": "hpsearch-data-download"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-            return response.read()
+            data: bytes = response.read()
+            return data
     except urllib.error.HTTPError as exc:
         raise DownloadError(
             f"{url}: HTTP {exc.code} {exc.reason}; check the URL, or copy the "

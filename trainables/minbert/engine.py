@@ -78,7 +78,8 @@ def ensure_single_process_env() -> dict[str, str]:
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def hardware_has_bf16() -> bool:
@@ -276,7 +277,8 @@ def optimizer_step(
         ]
         for h, g in enumerate(grads[n_shared:]):
             if g is not None:
-                head_grads[h] = g if head_grads[h] is None else head_grads[h] + g
+                before = head_grads[h]
+                head_grads[h] = g if before is None else before + g
     combined = surgery.combine(task_grads)
     # Head params no task reached keep no gradient, as after a plain backward.
     pairs = list(zip(shared_params, combined, strict=True))

@@ -13,7 +13,7 @@ import json
 import pickle
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -101,6 +101,7 @@ def load_state_dict(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
     path = weights_file(folder)
     if path is None:
         raise ConfigError(f"{folder} has no model.safetensors or pytorch_model.bin")
+    state: Any  # whatever the file holds: checked to be a dict of tensors below
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -132,7 +133,7 @@ class BertConfig:
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
 
-    def to_hf_dict(self) -> dict:
+    def to_hf_dict(self) -> dict[str, Any]:
         """The config.json content transformers' BertModel reads back."""
         out = {self._HF_NAMES.get(k, k): v for k, v in asdict(self).items()}
         out.update(
@@ -206,7 +207,8 @@ class BertEmbeddings(nn.Module):
             x = x + self.token_type_embeddings.weight[0]  # all segment A
         else:
             x = x + self.token_type_embeddings(token_type_ids)  # (B, T, H)
-        return self.dropout(self.LayerNorm(x))
+        embedded: Tensor = self.dropout(self.LayerNorm(x))
+        return embedded
 
 
 class BertSelfAttention(nn.Module):
@@ -232,7 +234,8 @@ class BertSelfAttention(nn.Module):
             y = dropout(att.softmax(dim=-1), p, training=True) @ v  # (B, nh, T, hs)
         else:  # no mask (no padding) takes torch's fastest kernel
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        return y.transpose(1, 2).reshape(B, T, H)  # (B, nh, T, hs) -> (B, T, H)
+        out: Tensor = y.transpose(1, 2).reshape(B, T, H)  # (B, nh, T, hs) -> (B, T, H)
+        return out
 
 
 class BertAddNorm(nn.Module):
@@ -245,7 +248,8 @@ class BertAddNorm(nn.Module):
         self.dropout = Dropout(config.hidden_dropout)
 
     def forward(self, x: Tensor, residual: Tensor) -> Tensor:
-        return self.LayerNorm(self.dropout(self.dense(x)) + residual)  # (B, T, H)
+        out: Tensor = self.LayerNorm(self.dropout(self.dense(x)) + residual)  # (B, T, H)
+        return out
 
 
 class BertAttention(nn.Module):
@@ -255,7 +259,8 @@ class BertAttention(nn.Module):
         self.output = BertAddNorm(config.hidden_size, config)
 
     def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
-        return self.output(self.self(x, mask), x)
+        out: Tensor = self.output(self.self(x, mask), x)
+        return out
 
 
 class BertIntermediate(nn.Module):
@@ -278,7 +283,8 @@ class BertLayer(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
         x = self.attention(x, mask)  # (B, T, H)
-        return self.output(self.intermediate(x), x)  # (B, T, H)
+        out: Tensor = self.output(self.intermediate(x), x)  # (B, T, H)
+        return out
 
 
 class BertEncoder(nn.Module):
@@ -405,14 +411,15 @@ def _from_hf(raw: dict[str, Tensor], model: BertModel, source: Path) -> dict[str
     for prefix in [f"encoder.layer.{i}.attention.self" for i in range(model.config.num_layers)]:
         for kind in ("weight", "bias"):
             parts = [weights.pop(f"{prefix}.{n}.{kind}", None) for n in ("query", "key", "value")]
-            if all(p is not None for p in parts):
-                if len({tuple(p.shape) for p in parts}) != 1:
+            present = [p for p in parts if p is not None]
+            if len(present) == len(parts):
+                if len({tuple(p.shape) for p in present}) != 1:
                     raise ConfigError(
                         f"{source}: {prefix}.query/key/value.{kind} differ in "
                         "shape: the file is inconsistent, re-export it"
                     )
-                weights[f"{prefix}.qkv.{kind}"] = torch.cat(parts)
-            elif any(p is not None for p in parts):
+                weights[f"{prefix}.qkv.{kind}"] = torch.cat(present)
+            elif present:
                 n = ("query", "key", "value")[[p is None for p in parts].index(True)]
                 raise ConfigError(f"{source} is missing '{prefix}.{n}.{kind}': re-download it")
     expected = model.state_dict()

@@ -68,7 +68,8 @@ class MultitaskBert(nn.Module):
         hidden, pooled = self.encoder(**inputs)  # (B, T, H), (B, H)
         if self.pooling == "mean":
             return mean_pool(hidden, inputs["attention_mask"])
-        return pooled
+        cls_pooled: torch.Tensor = pooled
+        return cls_pooled
 
     def _embed_pair(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         # One encoder call over both sides: (2B, T) is faster than two calls of (B, T).
@@ -88,21 +89,25 @@ class MultitaskBert(nn.Module):
         a, b = widen(a), widen(b)
         both = {k: torch.cat([a[k], b[k]]) for k in a}
         emb = self.embed(both)  # (2B, H)
-        return emb.split(a["input_ids"].shape[0])
+        u, v = torch.split(emb, a["input_ids"].shape[0])
+        return u, v
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Predictions of the batch's task: SST logits (B, 5), Quora logits (B,), STS scores (B,)."""
         task = batch["task"]
         if task == "sst":
-            return self.sst_head(self.dropout(self.embed(batch["inputs"])))
+            logits: torch.Tensor = self.sst_head(self.dropout(self.embed(batch["inputs"])))
+            return logits
         head = self.para_head if task == "para" else self.sts_head
         if "inputs_a" in batch:
             u, v = self._embed_pair(batch)
             if head.dropout_before:
                 u, v = self.dropout(u), self.dropout(v)
-            return head(u, v)
+            pair_scores: torch.Tensor = head(u, v)
+            return pair_scores
         packed = self.embed(batch["inputs"])
-        return head(self.dropout(packed) if head.dropout_before else packed)
+        scores: torch.Tensor = head(self.dropout(packed) if head.dropout_before else packed)
+        return scores
 
     def loss(self, batch: Batch) -> torch.Tensor:
         """The task's training loss on a batch."""

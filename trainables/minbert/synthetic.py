@@ -30,6 +30,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from trainables.atomic import atomic_path
 from trainables.minbert.synthetic_text import para_example, sst_example, sts_example
@@ -61,11 +62,17 @@ def _hex_id(rng: random.Random) -> str:
     return f"{rng.getrandbits(100):025x}"
 
 
+Example = tuple[Any, ...]  # texts, then the label
+
+
 def _generate(
-    rng: random.Random, make: Callable[[random.Random], tuple], count: int, seen: set[tuple]
-) -> list[tuple]:
+    rng: random.Random,
+    make: Callable[[random.Random], Example],
+    count: int,
+    seen: set[Example],
+) -> list[Example]:
     """`count` examples whose texts were not generated before (so dev never repeats train)."""
-    rows: list[tuple] = []
+    rows: list[Example] = []
     attempts = 0
     while len(rows) < count:
         example = make(rng)
@@ -96,7 +103,7 @@ def write_synthetic_dataset(dest: Path, seed: int = 0, scale: float = 1.0) -> Pa
     for task, maker in makers.items():
         rng = random.Random(f"synthetic-{SYNTHETIC_VERSION}:{seed}:{task}")
         sizes = [max(2, round(n * scale)) for n in SIZES[task]]
-        seen: set[tuple] = set()
+        seen: set[Example] = set()
         splits = [_generate(rng, maker, n, seen) for n in sizes]
         indices = rng.sample(range(404_300 if task == "para" else sum(sizes) + 4), sum(sizes) + 4)
         for name, rows in zip(FILE_NAMES[task], splits, strict=True):
@@ -105,7 +112,7 @@ def write_synthetic_dataset(dest: Path, seed: int = 0, scale: float = 1.0) -> Pa
 
 
 def _write_file(
-    path: Path, task: str, rows: list[tuple], rng: random.Random, indices: list[int]
+    path: Path, task: str, rows: list[Example], rng: random.Random, indices: list[int]
 ) -> None:
     with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8", newline="") as fp:
         writer = csv.writer(fp, delimiter="\t", lineterminator="\n")

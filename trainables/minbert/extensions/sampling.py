@@ -76,7 +76,9 @@ class ProportionalSampler(TaskSampler):
     """
 
     def epoch(self, num_batches: dict[str, int], rng: random.Random) -> list[tuple[str, ...]]:
-        plan = [(t,) for t in _nonempty_tasks(num_batches) for _ in range(num_batches[t])]
+        plan: list[tuple[str, ...]] = [
+            (t,) for t in _nonempty_tasks(num_batches) for _ in range(num_batches[t])
+        ]
         rng.shuffle(plan)
         return plan
 
