@@ -13,20 +13,20 @@ __all__ = ["build_encoder"]
 def build_encoder(cfg: TrialConfig) -> tuple[WordPieceTokenizer, BertModel]:
     """The trial's tokenizer and encoder: random weights shaped by model.* (tiny test models,
     MiniLM's vocabulary unless model.vocab_file), or a pretrained checkpoint folder."""
-    m = cfg.model
-    tokenizer = tokenizer_for(m)
-    if m.checkpoint == "random":
+    model_cfg = cfg.model
+    tokenizer = tokenizer_for(model_cfg)
+    if model_cfg.checkpoint == "random":
         config = BertConfig(
             vocab_size=tokenizer.vocab_size,
-            hidden_size=m.hidden_size,
-            num_layers=m.num_layers,
-            num_heads=m.num_heads,
-            intermediate_size=m.intermediate_size,
-            hidden_dropout=m.dropout,
-            attention_dropout=m.dropout,
+            hidden_size=model_cfg.hidden_size,
+            num_layers=model_cfg.num_layers,
+            num_heads=model_cfg.num_heads,
+            intermediate_size=model_cfg.intermediate_size,
+            hidden_dropout=model_cfg.dropout,
+            attention_dropout=model_cfg.dropout,
             max_position_embeddings=max(512, cfg.data.max_length),
         )
         return tokenizer, BertModel.from_config(config, seed=cfg.train.seed)
     return tokenizer, BertModel.from_pretrained(
-        resolve_checkpoint_dir(m.checkpoint), hidden_dropout=m.dropout
+        resolve_checkpoint_dir(model_cfg.checkpoint), hidden_dropout=model_cfg.dropout
     )
