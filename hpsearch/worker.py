@@ -50,16 +50,32 @@ class TrialRun:
 
 
 class TuneReporter(TrainerCallback):
-    """Reports every evaluation to Ray Tune (or Ray Train), with its checkpoint."""
+    """Reports every evaluation to Ray Tune (or Ray Train), with its checkpoint.
+
+    The final evaluation is reported last of all, from `on_train_end`, once the trainer's own
+    callbacks have written `summary.json` and the TensorBoard HParams: as soon as Ray has the
+    final result it may stop the trial's process (ASHA does, at a trial's last rung), and a
+    trial recorded as finished must have its files on disk.
+    """
 
     def __init__(self, report_fn: ReportFn, rank: int = 0, in_tune: bool = True) -> None:
         self.report_fn = report_fn
         self.rank = rank
         self.in_tune = in_tune
+        self._final_checkpoint: Path | None = None
 
     def on_evaluate(
         self, trainer: MultitaskTrainer, metrics: dict[str, Any], checkpoint: Path | None
     ) -> None:
+        if metrics.get("final"):
+            self._final_checkpoint = checkpoint  # reported with the summary, in on_train_end
+            return
+        self._report(metrics, checkpoint)
+
+    def on_train_end(self, trainer: MultitaskTrainer, summary: dict[str, Any]) -> None:
+        self._report(summary, self._final_checkpoint)
+
+    def _report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
         from ray.train import Checkpoint as TrainCheckpoint
         from ray.tune import Checkpoint as TuneCheckpoint
 
