@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from hpsearch import tensorboard
 from hpsearch.settings import SweepSettings
 from trainables.errors import ConfigError
 
@@ -181,10 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
         "tensorboard", help="start TensorBoard on an experiment (127.0.0.1)"
     )
     board.add_argument("exp_dir")
-    board.add_argument("--port", type=int, default=6006)
+    board.add_argument("--port", type=int, default=tensorboard.DEFAULT_PORT)
     board.add_argument(
         "--host",
-        default="127.0.0.1",
+        default=tensorboard.DEFAULT_HOST,
         help="bind address; anything but loopback needs --allow-remote",
     )
     board.add_argument("--allow-remote", action="store_true")
@@ -281,14 +282,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "report":
         return _report(Path(args.exp_dir))
     if args.command == "tensorboard":
-        from hpsearch.tensorboard import serve_forever
-
         exp = Path(args.exp_dir)
         if not exp.is_dir():
             raise ConfigError(
                 f"experiment folder {exp} does not exist: pass the folder a sweep wrote"
             )
-        serve_forever(exp, host=args.host, port=args.port, allow_remote=args.allow_remote)
+        tensorboard.serve_forever(exp, host=args.host, port=args.port, allow_remote=args.allow_remote)
         return 0
     if args.command == "check-cluster":
         from hpsearch.cluster import check_cluster_file

@@ -43,8 +43,15 @@ from typing import TextIO
 
 from trainables.errors import ConfigError
 
-__all__ = ["TensorBoardHandle", "serve_forever", "start_tensorboard"]
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "TensorBoardHandle",
+    "serve_forever",
+    "start_tensorboard",
+]
 
+DEFAULT_HOST = "127.0.0.1"  # loopback unless asked: TensorBoard has no authentication
 DEFAULT_PORT = 6006
 START_TIMEOUT_S = 20.0  # how long TensorBoard may take to answer its HTTP API
 STOP_TIMEOUT_S = 10.0  # how long it may take to exit on SIGTERM before it gets SIGKILL
@@ -134,7 +141,7 @@ class TensorBoardHandle:
 
 def start_tensorboard(
     logdir: Path | str,
-    host: str = "127.0.0.1",
+    host: str = DEFAULT_HOST,
     port: int = 0,
     *,
     allow_remote: bool = False,
@@ -215,7 +222,7 @@ def _start(
 def serve_forever(
     logdir: Path | str,
     *,
-    host: str = "127.0.0.1",
+    host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     allow_remote: bool = False,
     out: TextIO | None = None,
