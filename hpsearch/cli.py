@@ -287,7 +287,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"experiment folder {exp} does not exist: pass the folder a sweep wrote"
             )
-        tensorboard.serve_forever(exp, host=args.host, port=args.port, allow_remote=args.allow_remote)
+        tensorboard.serve_forever(
+            exp, host=args.host, port=args.port, allow_remote=args.allow_remote
+        )
         return 0
     if args.command == "check-cluster":
         from hpsearch.cluster import check_cluster_file
