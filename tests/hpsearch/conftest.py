@@ -13,8 +13,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
+# torch.distributed rendezvous variables: an in-process DeepSpeed test sets them in this
+# process (and holds the port); a child `hpsearch train` must pick its own.
+RENDEZVOUS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
 def hpsearch_env(tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in RENDEZVOUS}
     env.update(
         {
             "RAY_AUTH_MODE": "disabled",
