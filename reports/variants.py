@@ -13,8 +13,8 @@ shown by name.
     from reports.variants import order_variants, variant_labels
     order_variants(["zeta", "all", "cosine", "baseline"], res.toggles)
     # -> ["baseline", "cosine", "all", "zeta"]
-    variant_labels(["baseline", "cosine+pcgrad"], res.toggles)
-    # -> {"baseline": "Baseline", "cosine+pcgrad": "Cosine + Gradient Surgery"}
+    variant_labels(["baseline", "pcgrad", "cosine+pcgrad"], res.toggles)
+    # -> {"baseline": "Baseline", "pcgrad": "Gradient Surgery", "cosine+pcgrad": "cosine+pcgrad"}
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ ALL = "all"
 BASELINE_LABEL = "Baseline"
 ALL_LABEL = "All Extensions"
 JOIN = "+"
-LABEL_JOIN = " + "
 
 
 @dataclass(frozen=True)
@@ -87,17 +86,15 @@ def variant_name(config: Mapping[str, Any], toggles: Sequence[Toggle]) -> str:
 
 def variant_label(variant: str, toggles: Sequence[Toggle]) -> str:
     """A variant's column name: "Baseline", "All Extensions", a toggle's label ("pcgrad" ->
-    "Gradient Surgery"), labels joined by " + " for a "+"-joined combination, else the name."""
+    "Gradient Surgery"), else the name itself (combinations such as "cosine+pcgrad" and
+    user-chosen names are shown as they are named)."""
     variant = str(variant)
     if variant == BASELINE:
         return BASELINE_LABEL
     if variant == ALL:
         return ALL_LABEL
-    by_name = _toggles_by_name(toggles)
-    parts = variant.split(JOIN)
-    if all(p in by_name for p in parts):
-        return LABEL_JOIN.join(by_name[p].label for p in parts)
-    return variant
+    toggle = _toggles_by_name(toggles).get(variant)
+    return toggle.label if toggle is not None else variant
 
 
 def order_variants(variants: Iterable[Any], toggles: Sequence[Toggle]) -> list[str]:
