@@ -21,6 +21,7 @@ On a multi-node cluster, STORAGE must be a file system every node sees (NFS, EFS
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 import time
@@ -44,6 +45,7 @@ __all__ = [
     "JOURNAL",
     "SPACE_COPY",
     "Experiment",
+    "check_storage_path",
     "journal_storage",
     "new_experiment_dir",
     "reconcile_after_fit",
@@ -137,7 +139,13 @@ class Experiment:
         data_notes: list[str],
     ) -> Experiment:
         """Make the folder (refusing one that appeared meanwhile), copy the space, save."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # the storage path changed since new_experiment_dir checked it
+            raise ConfigError(
+                f"--storage-path {path.parent} cannot be created ({exc.strerror}): "
+                "pass a folder you can write to"
+            ) from None
         try:
             path.mkdir()
         except FileExistsError:  # another sweep took the name since new_experiment_dir looked
@@ -244,6 +252,7 @@ def new_experiment_dir(settings: SweepSettings, space_name: str) -> Path:
     if not name or "/" in name or name.startswith("."):
         raise ConfigError(f"experiment name {name!r} is not a plain folder name: pass --name NAME")
     root = Path(settings.storage_path).expanduser().resolve()
+    check_storage_path(root)
     path = root / name
     if path.exists():
         if not settings.exist_ok_suffix:
@@ -259,6 +268,33 @@ def new_experiment_dir(settings: SweepSettings, space_name: str) -> Path:
             f"experiment folder {root / name} exists: writing to {path} instead", file=sys.stderr
         )
     return path
+
+
+def check_storage_path(root: Path) -> None:
+    """Refuse a --storage-path that is a file, lies under a file, or cannot be created or
+    written to; creates nothing (the sweep makes the folder only once every check passed)."""
+    flag = f"--storage-path {root}"
+    if _exists(root) and not root.is_dir():
+        raise ConfigError(f"{flag} is a file, not a folder: pass a folder for the experiments")
+    existing = root
+    while not _exists(existing):
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(
+            f"{flag} cannot be created: {existing} is a file, not a folder; "
+            "pass a path under a folder"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not writable" if existing == root else f"cannot be created in {existing}"
+        raise ConfigError(f"{flag} {what} (permission denied): pass a folder you can write to")
+
+
+def _exists(path: Path) -> bool:
+    """Whether `path` exists; False where it cannot be looked at (a parent not searchable)."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
 
 
 def reconcile_after_fit(folder: Path, known: set[str]) -> list[str]:

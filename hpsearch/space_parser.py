@@ -40,6 +40,7 @@ __all__ = ["default_folder", "load_search_space", "validate_all"]
 _TOP_KEYS = ("name", "description", "base", "search", "parameters", "variants", "seeds")
 _MAX_GRID = 10_000  # refuse bigger grids: that many trials is never what was meant
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_EXAMPLE = "e.g. parameters: {train.lr: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}}"
 
 
 def load_search_space(path: str | Path, overrides: dict[str, Any] | None = None) -> SearchSpace:
@@ -71,8 +72,11 @@ def load_search_space(path: str | Path, overrides: dict[str, Any] | None = None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or exc
         raise ConfigError(f"{path}: invalid YAML{where}: {problem}: fix the syntax") from None
-    if doc is None:
-        doc = {}
+    if doc is None or doc == {}:
+        raise ConfigError(
+            f"{path}: the file is empty: a search space names what to search, "
+            f"under parameters, variants or seeds ({_EXAMPLE}; see {default_folder()}/smoke.yaml)"
+        )
     if not isinstance(doc, dict):
         raise ConfigError(
             f"{path}: the top level must be a mapping with keys "
@@ -133,6 +137,12 @@ class SpaceFileParser:
         variants = self._variants(doc.get("variants"), base, seeds)
         params = self._parameters(doc.get("parameters"), base, variants, seeds)
         search = parse_search_section(self.path, doc.get("search"), params)
+        if not (params or variants or seeds):
+            raise ConfigError(
+                f"{self.path}: nothing to search: the file has no parameters, variants or "
+                f"seeds, so every trial would be the same run; add one ({_EXAMPLE}), "
+                "or run one configuration with `hpsearch train`"
+            )
         grid: list[dict[str, Any]] = []
         num_samples = search.num_samples
         if search.sampler == "grid":

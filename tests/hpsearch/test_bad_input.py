@@ -57,13 +57,17 @@ def _space(
     return path
 
 
-def _sweep(*extra: str, space: str = "space.yaml") -> Callable[[Path], list[str]]:
+def _sweep(
+    *extra: str, space: str = "space.yaml", storage: str = "store"
+) -> Callable[[Path], list[str]]:
+    """`sweep` of inputs/SPACE into STORAGE (relative to the case folder, or absolute)."""
+
     def args(root: Path) -> list[str]:
         return [
             "sweep",
             str(root / "inputs" / space),
             "--storage-path",
-            str(root / "store"),
+            str(root / storage),
             "--num-cpus",
             "2",
             *extra,
@@ -74,6 +78,16 @@ def _sweep(*extra: str, space: str = "space.yaml") -> Callable[[Path], list[str]
 
 def _with_space(mutate: Callable[[dict], None] | None = None, text: str | None = None):
     return lambda root: _space(root, mutate, text)
+
+
+def _with_file(name: str) -> Callable[[Path], None]:
+    """The smoke space plus a plain file inputs/NAME where a folder is expected."""
+
+    def setup(root: Path) -> None:
+        _space(root)
+        (root / "inputs" / name).write_text("not a folder\n")
+
+    return setup
 
 
 def _param(key: str, spec: dict) -> Callable[[dict], None]:
@@ -261,6 +275,39 @@ CASES = [
         _sweep(),
         r"grid cannot enumerate",
         _with_space(_search("sampler", "grid")),
+    ),
+    Case(
+        "space: empty file",
+        _sweep(),
+        r"space\.yaml: the file is empty: .*parameters, variants or seeds",
+        _with_space(text="# to be written\n"),
+    ),
+    Case(
+        "space: nothing to search",
+        _sweep(),
+        r"space\.yaml: nothing to search: .*no parameters, variants or seeds",
+        _with_space(
+            text="name: same\nbase: {model.checkpoint: random}\nsearch: {num_samples: 2}\n"
+        ),
+    ),
+    # -- the storage path --------------------------------------------------------------
+    Case(
+        "storage: an existing file",
+        _sweep(storage="inputs/results"),
+        r"--storage-path \S+/inputs/results is a file, not a folder",
+        _with_file("results"),
+    ),
+    Case(
+        "storage: under a file",
+        _sweep(storage="inputs/results/sweeps"),
+        r"--storage-path \S+/results/sweeps cannot be created: \S+/inputs/results is a file",
+        _with_file("results"),
+    ),
+    Case(
+        "storage: no permission to create it",
+        _sweep(storage="/proc/self/results"),  # a folder nobody may write in, root included
+        r"--storage-path /proc/\d+/results cannot be created in /proc/\d+ \(permission denied\)",
+        _with_space(),
     ),
     # -- configuration overrides ------------------------------------------------------
     Case(

@@ -422,7 +422,7 @@ def test_overrides(tmp_path: Path):
 
 
 def test_validate_all_refuses_a_folder_with_a_bad_file(tmp_path: Path):
-    _write(tmp_path, "search: {num_samples: 2}\n", "good.yaml")
+    _write(tmp_path, "search: {num_samples: 2}\nseeds: [1, 2]\n", "good.yaml")
     assert [s.name for s in validate_all(tmp_path)] == ["good"]
     _write(tmp_path, "search: {num_samples: 0}\n", "bad.yaml")
     with pytest.raises(ConfigError, match="bad.yaml"):
@@ -449,6 +449,15 @@ BAD = [
         ["model.dropout", "twice", "line 3"],
     ),
     ("top_level_list", "- train.lr\n- model.dropout\n", ["top level", "mapping"]),
+    ("empty_file", "", ["the file is empty", "parameters, variants or seeds"]),
+    ("comments_only", "# a space, one day\n", ["the file is empty", "smoke.yaml"]),
+    ("empty_mapping", "{}\n", ["the file is empty"]),
+    (
+        "nothing_to_search",
+        "name: same\nbase: {train.lr: 1.0e-3}\nsearch: {num_samples: 3}\n",
+        ["nothing to search", "no parameters, variants or seeds", "hpsearch train"],
+    ),
+    ("only_a_search_section", "search: {sampler: random}\n", ["nothing to search"]),
     ("unknown_top_key", "paramters: {}\n", ["paramters", "did you mean 'parameters'"]),
     ("unknown_search_key", "search: {samplr: tpe}\n", ["search.samplr", "'sampler'"]),
     ("unknown_asha_key", "search: {asha: {grace: 1}}\n", ["search.asha.grace"]),
