@@ -209,9 +209,16 @@ def init_ray(address: str | None, num_cpus: int | None) -> None:
 def build_tuner(experiment: Experiment, space: SearchSpace, restore: bool = False) -> Any:
     """The Tuner of the experiment: a new one, or (restore) Ray's saved one, resumed."""
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
 
+    from hpsearch.hparams import HParamsRecorder
+
+    # No logger callbacks of Ray's own choosing (read when the tuner runs): its TensorBoard
+    # logger would give each trial a second HParams session. CSV and JSON are passed below.
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    ray_loggers: list[Any] = [CSVLoggerCallback(), JsonLoggerCallback()]  # type: ignore[no-untyped-call]
     settings = experiment.settings
     trainable = tune.with_resources(
         tune.with_parameters(tune_trial, experiment=experiment, space=space),
@@ -258,7 +265,11 @@ def build_tuner(experiment: Experiment, space: SearchSpace, restore: bool = Fals
             stop={"time_total_s": limit} if limit else None,
             failure_config=FailureConfig(max_failures=settings.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
-            callbacks=[StatusRecorder(experiment, space)],
+            callbacks=[
+                *ray_loggers,
+                StatusRecorder(experiment, space),
+                HParamsRecorder(experiment, space),  # after StatusRecorder: it reads the record
+            ],
             verbose=1,
         ),
     )

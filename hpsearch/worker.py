@@ -53,10 +53,15 @@ class TuneReporter(TrainerCallback):
     """Reports every evaluation to Ray Tune (or Ray Train), with its checkpoint.
 
     The final evaluation is reported last of all, from `on_train_end`, once the trainer's own
-    callbacks have written `summary.json` and the TensorBoard HParams: as soon as Ray has the
-    final result it may stop the trial's process (ASHA does, at a trial's last rung), and a
+    callbacks have written `summary.json` and closed the TensorBoard events: as soon as Ray has
+    the final result it may stop the trial's process (ASHA does, at a trial's last rung), and a
     trial recorded as finished must have its files on disk.
+
+    The trial's TensorBoard HParams session is the driver's (`hpsearch.hparams`), so that
+    trials stopped or failed have one too: the trainer's TensorBoardLogger writes scalars only.
     """
+
+    hparams_elsewhere = True
 
     def __init__(self, report_fn: ReportFn, rank: int = 0, in_tune: bool = True) -> None:
         self.report_fn = report_fn
