@@ -18,12 +18,18 @@ answers.
 `serve_forever` owns its child whatever happens: while it runs, SIGINT (Ctrl-C) and SIGTERM
 only request a stop, which it carries out at the next safe point (within a fraction of a
 second), so no signal can land between starting TensorBoard and taking charge of it, or in
-the middle of stopping it. A SIGTERM is passed on to the previous handler once TensorBoard is
-stopped, so the process still ends as a SIGTERM ends it.
+the middle of stopping it; TensorBoard gets SIGTERM, and SIGKILL if it is not gone within
+STOP_TIMEOUT_S. A SIGTERM is passed on to the previous handler once TensorBoard is stopped,
+so the process still ends as a SIGTERM ends it.
+
+Nor does TensorBoard outlive a parent killed outright (SIGKILL): on Linux, started from the
+main thread, it gets SIGKILL from the kernel when its parent dies (prctl PR_SET_PDEATHSIG);
+its data server exits with it (when its stdin closes).
 """
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import ipaddress
 import os
@@ -53,8 +59,8 @@ __all__ = [
 
 DEFAULT_HOST = "127.0.0.1"  # loopback unless asked: TensorBoard has no authentication
 DEFAULT_PORT = 6006
-START_TIMEOUT_S = 20.0  # how long TensorBoard may take to answer its HTTP API
-STOP_TIMEOUT_S = 10.0  # how long it may take to exit on SIGTERM before it gets SIGKILL
+START_TIMEOUT_S = 60.0  # how long TensorBoard may take to answer its HTTP API (a loaded machine)
+STOP_TIMEOUT_S = 3.0  # how long it may take to exit on SIGTERM before it gets SIGKILL
 RELOAD_INTERVAL_S = 5.0  # how often it rescans the logdir for new event files
 _WILDCARDS = {"0.0.0.0", "::"}
 
@@ -423,12 +429,41 @@ def _launch(logdir: Path, host: str, port: int, reload_interval_s: float) -> Ten
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     with os.fdopen(fd, "wb") as log:
         process = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=_die_with_parent(),
         )
     return TensorBoardHandle(
         process, args=cmd, url=_url(host, port), host=host, port=port, logdir=logdir,
         log_path=Path(log_name),
     )  # fmt: skip
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn: the kernel SIGKILLs the child when this process dies. None off Linux, and
+    off the main thread (the signal would come when the thread that started it ends)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here, not in the child
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def set_parent_death_signal() -> None:  # in the child, between fork and exec
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl: no signal would come
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return set_parent_death_signal
 
 
 def _wait_until_ready(

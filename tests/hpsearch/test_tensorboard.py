@@ -32,6 +32,9 @@ from trainables.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 WAIT_S = 120.0  # TensorBoard starts in ~2 s on a quiet machine; far longer on a loaded one
+# A killed parent's TensorBoard is gone within milliseconds (the kernel sends SIGKILL); the
+# margin is for a loaded machine.
+KILLED_PARENT_WAIT_S = 10.0
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -132,9 +135,10 @@ def test_refuses_bad_or_busy_port(logdir: Path) -> None:
 
 
 class _ServeForeverChild:
-    """`serve_forever(logdir, port=0)` in a child process that leads its own process group."""
+    """`serve_forever(logdir, port=0)` (or `command`) in a child process that leads its own
+    process group."""
 
-    def __init__(self, logdir: Path, tmp_path: Path) -> None:
+    def __init__(self, logdir: Path, tmp_path: Path, command: list[str] | None = None) -> None:
         script = (
             "import sys; from hpsearch.tensorboard import serve_forever; "
             f"sys.exit(serve_forever({str(logdir)!r}, port=0, start_timeout_s={WAIT_S}))"
@@ -142,7 +146,7 @@ class _ServeForeverChild:
         self.stderr_path = tmp_path / "serve_forever.stderr"
         with self.stderr_path.open("w") as stderr:
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", script],
+                command or [sys.executable, "-c", script],
                 cwd=REPO,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
@@ -258,3 +262,40 @@ def test_serve_forever_stops_tensorboard_on_ctrl_c_right_after_launch(
     finally:
         for handle in launched:
             handle.stop()
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` is a live process (not gone, not a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal: Linux")
+def test_tensorboard_does_not_outlive_a_killed_hpsearch_tensorboard(
+    logdir: Path, tmp_path: Path
+) -> None:
+    """SIGKILL of `hpsearch tensorboard` itself (no handler runs): its TensorBoard goes too."""
+    command = [sys.executable, "-m", "hpsearch.cli", "tensorboard", str(logdir), "--port", "0"]
+    child = _ServeForeverChild(logdir, tmp_path, command)
+    try:
+        url = _url_once_serving(child)
+        boards = [
+            int(row.split()[0])
+            for row in child.group_members()
+            if "tensorboard.main" in row and int(row.split()[0]) != child.proc.pid
+        ]
+        assert len(boards) == 1, child.group_members()
+        child.proc.send_signal(signal.SIGKILL)
+        assert child.proc.wait(timeout=WAIT_S) == -signal.SIGKILL
+        deadline = time.monotonic() + KILLED_PARENT_WAIT_S
+        while _alive(boards[0]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(boards[0]), f"TensorBoard outlived its parent: {child.group_members()}"
+        assert child.wait_for_empty_group() == []  # its data server too
+        with pytest.raises(OSError):
+            _OPENER.open(url + "data/runs", timeout=2)
+    finally:
+        child.kill_group()
