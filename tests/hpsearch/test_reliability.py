@@ -1,8 +1,10 @@
 """A sweep survives faults and loses nothing (docs/RELIABILITY.md has the table of figures).
 
-Default tests (under a minute): checkpoint truncation, where a restarted
+Default tests (about a minute and a half): checkpoint truncation, where a restarted
 trial resumes from, atomic JSON and report writes, the metrics file of a restarted run,
-abandoned trials, and the report of a crashed experiment.
+abandoned trials, and the report of a crashed experiment; and two real kills on one-epoch
+tiny trials: a trial's worker SIGKILLed (Ray retries it from its checkpoint), and the sweep
+driver SIGKILLed, then `hpsearch resume`.
 
 Slow tests (`pytest -m slow`, minutes each): `hpsearch train` SIGKILLed while writing a
 checkpoint, then resumed; real sweeps through `python -m hpsearch.cli` with faults injected
@@ -20,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -715,3 +718,152 @@ def test_fifty_short_trials_all_accounted_for_and_memory_flat(tmp_path, cli):
     )
     assert last <= first * 1.10 + 20, (first, last, peaks)
     assert sum(t.state.name == "COMPLETE" for t in _study(exp).trials) == n
+
+
+# ============================================================================ real kills (default)
+# One real worker SIGKILL and one real driver SIGKILL + `hpsearch resume`, on one-epoch tiny
+# trials, in the default suite (the slow tests above cover the other kill points). Every Ray
+# these start lives under its own short RAY_TMPDIR (Ray's socket paths must stay under 108
+# bytes), so that the processes of this test's Ray, and only those, can be found and killed
+# at the end: `ray stop` would stop every other Ray on the machine too.
+class RaySession:
+    """The `hpsearch` commands of one test and the Ray processes they start."""
+
+    def __init__(self, ray_tmp: Path) -> None:
+        self.ray_tmp = ray_tmp
+        self.started: list[subprocess.Popen] = []
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return _env(RAY_TMPDIR=str(self.ray_tmp), RAY_DEDUP_LOGS="0", **extra)
+
+    def start(self, args: list[str], log: Path, **extra: str) -> subprocess.Popen:
+        proc = _hpsearch(args, REPO, self.env(**extra), log)
+        self.started.append(proc)
+        return proc
+
+    def run(self, args: list[str], log: Path, timeout: float, **extra: str) -> str:
+        """Run `hpsearch ARGS` to its end; its output, or AssertionError on failure."""
+        proc = self.start(args, log, **extra)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"hpsearch {args[0]} still running after {timeout} s") from None
+        out = log.read_text()
+        assert proc.returncode == 0, f"hpsearch {args[0]} exited {proc.returncode}:\n{out[-6000:]}"
+        return out
+
+    def processes(self) -> list:
+        """Every live process of this session: the commands started, Ray's processes (their
+        command lines name RAY_TMPDIR) and everything those started."""
+        import psutil
+
+        found: dict[int, psutil.Process] = {}
+        for proc in psutil.process_iter(["cmdline"]):
+            if any(str(self.ray_tmp) in arg for arg in proc.info["cmdline"] or ()):
+                found[proc.pid] = proc
+        for popen in self.started:
+            try:
+                if popen.poll() is None:
+                    found[popen.pid] = psutil.Process(popen.pid)
+            except psutil.Error:
+                pass
+        for proc in list(found.values()):
+            try:
+                found.update((child.pid, child) for child in proc.children(recursive=True))
+            except psutil.Error:
+                pass
+        return [p for p in found.values() if p.pid != os.getpid()]
+
+    def kill_all(self) -> None:
+        """SIGKILL every process of this session (all at once, so that nothing respawns)."""
+        import psutil
+
+        for _ in range(3):  # a process may start a child between the listing and the kill
+            procs = self.processes()
+            if not procs:
+                break
+            for proc in procs:
+                try:
+                    proc.kill()
+                except psutil.Error:
+                    pass
+            psutil.wait_procs(procs, timeout=30)
+        for popen in self.started:
+            popen.wait(timeout=30)
+
+
+@pytest.fixture
+def ray_session():
+    ray_tmp = Path(tempfile.mkdtemp(prefix="hps-ray-", dir="/tmp"))
+    session = RaySession(ray_tmp)
+    try:
+        yield session
+    finally:
+        session.kill_all()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _sweep_args(space: Path, storage: Path, *extra: str) -> list[str]:
+    return [
+        "sweep",
+        str(space),
+        "--storage-path",
+        str(storage),
+        "--num-cpus",
+        "2",
+        "--no-report",
+        *extra,
+    ]
+
+
+def test_worker_sigkilled_mid_trial_is_retried_from_its_checkpoint(tmp_path, ray_session):
+    """The trial's worker process is SIGKILLed at step 6 (kill_once_at_step): Ray restarts it
+    from its step-4 checkpoint, the trial finishes with 8 steps, and its record says it was
+    retried once."""
+    space = _grid_space(tmp_path, "workerkill", [0])
+    exp = tmp_path / "workerkill"
+    ray_session.run(
+        _sweep_args(space, tmp_path, "--max-failures", "1"),
+        tmp_path / "sweep.log",
+        timeout=600,
+        HPSEARCH_FAULT="kill_once_at_step:6@seed=0",
+    )
+    rec = _records(exp)[0]
+    assert rec["status"] == "finished" and rec["failures"] == 1, rec
+    run = exp / rec["trial_dir"]
+    assert (run / ".fault-kill_once_at_step").exists(), "the worker was never killed"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["resumed_from_step"] == 4 and summary["steps"] == 8, summary
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [4, 8]  # the evaluation of step 4 once, though step 4 was trained twice
+    assert _finals(exp, rec) == 1
+    assert [t.state.name for t in _study(exp).trials] == ["COMPLETE"]
+
+
+def test_driver_sigkilled_during_a_trial_then_resumed(tmp_path, ray_session):
+    """SIGKILL the `hpsearch sweep` process alone (not its process group) once
+    one trial has finished while the other is held in its start; `hpsearch resume` then
+    finishes both trials, the first one untouched, none run twice."""
+    space = _grid_space(tmp_path, "driverkill", [0, 1])
+    exp = tmp_path / "driverkill"
+    driver = ray_session.start(
+        _sweep_args(space, tmp_path, "--max-concurrent", "2"),
+        tmp_path / "sweep.log",
+        HPSEARCH_FAULT="sleep_in_setup:300@seed=1",
+    )
+    held = _marker(exp, ".fault-sleep_in_setup")
+    _wait_for(
+        lambda: held() and _snapshot_finished(exp), 600, "trial 0 done, trial 1 held", driver
+    )
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait(timeout=60)
+    # Ray's head processes die with their driver (Linux fate-sharing, PR_SET_PDEATHSIG) and
+    # its workers with the raylet; whatever is still dying or was left holds the 2 CPUs.
+    ray_session.kill_all()
+    before = _snapshot_finished(exp)
+    assert len(before) == 1, _records(exp)
+    out = ray_session.run(
+        ["resume", str(exp), "--num-cpus", "2", "--no-report"], tmp_path / "resume.log", 600
+    )
+    _check_resumed(exp, before, 2)
+    assert "2 finished" in out, out[-3000:]
