@@ -303,7 +303,8 @@ def reconcile_after_fit(folder: Path, known: set[str]) -> list[str]:
     Ray saves its experiment state every few seconds, so a driver killed just after a trial
     started can leave a trial Ray never heard of: its record says "running" and its Optuna
     trial stays RUNNING, though the resumed sweep ran a new trial in its place. Such records
-    become "failed" with the reason ABANDONED, and RUNNING Optuna trials become FAIL.
+    become "failed" with the reason ABANDONED (their TensorBoard HParams session ends as a
+    failure), and RUNNING Optuna trials become FAIL.
     """
     abandoned = []
     for path in sorted((folder / TRIALS).glob("*.json")):
@@ -315,6 +316,11 @@ def reconcile_after_fit(folder: Path, known: set[str]) -> list[str]:
             record.update(status="failed", reason=ABANDONED)
             write_json_atomic(path, record)
             abandoned.append(str(record["trial_id"]))
+            tb = folder / str(record.get("trial_dir", f"runs/{record['trial_id']}")) / "tb"
+            if tb.is_dir():  # its TensorBoard HParams session ends too, as failed
+                from trainables.minbert.callbacks import end_hparams_session
+
+                end_hparams_session(tb, "failed")
     journal = folder / JOURNAL
     experiment_file = folder / EXPERIMENT_FILE
     if journal.is_file() and experiment_file.is_file():
