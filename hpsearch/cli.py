@@ -213,7 +213,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
@@ -230,8 +229,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        # A sweep's Ctrl-C ends with the command that continues it (hpsearch.sweep).
+        resume = getattr(exc, "resume_command", None)
+        if resume:
+            print(
+                "interrupted: the experiment's state is saved; continue it with", file=sys.stderr
+            )
+            print(resume, file=sys.stderr)
+        else:
+            print("interrupted", file=sys.stderr)
         return 130
 
 

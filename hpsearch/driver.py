@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -181,20 +182,65 @@ def _trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"  # named by id, never by hyperparameter values
 
 
-def init_ray(address: str | None, num_cpus: int | None) -> None:
-    """Start a local Ray (no dashboard UI, loopback), or connect to `address`."""
-    import ray
+AUTH_DISABLED_WARNING = (
+    "warning: RAY_AUTH_MODE=disabled: Ray's token authentication is off and its ports listen "
+    "on all interfaces; anyone who can reach this machine can run code on it"
+)
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+def keep_token_authentication() -> None:
+    """Ray's token authentication on for the Ray this process starts or joins, and for every
+    process Ray starts from it (they inherit RAY_AUTH_MODE): `token` unless the user set
+    RAY_AUTH_MODE, and one warning line when they opted out.
+
+    Ray turns it on by itself only for a new local cluster; a driver joining a cluster by
+    address would otherwise connect without a token. A new local cluster's token is
+    Ray's usual one (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token, written by Ray
+    on first use).
+    """
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode is None:
+        os.environ["RAY_AUTH_MODE"] = "token"
+        if "ray" in sys.modules:
+            # Ray reads the variable into its config when imported: refresh it, as Ray does
+            # when it turns token authentication on itself (otherwise this process would skip
+            # writing a missing token that the GCS it starts then requires).
+            from ray._raylet import Config
+
+            Config.initialize("")
+    elif mode.strip().lower() == "disabled":
+        print(AUTH_DISABLED_WARNING, file=sys.stderr)
+
+
+def init_ray(address: str | None, num_cpus: int | None) -> None:
+    """Start a local Ray (no dashboard UI, loopback, token authentication on), or connect to
+    `address` with this machine's Ray token."""
+    import ray
+    from ray.exceptions import AuthenticationError
+
     if ray.is_initialized():
         return
+    keep_token_authentication()
     # Trial processes inherit this environment: torch.distributed rendezvous variables left
     # by whatever started the driver would give every trial the same port. Each single-process
     # trial picks a free one itself; Ray Train sets them for data-parallel workers.
     for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
         os.environ.pop(key, None)
     if address:
-        ray.init(address=address, log_to_driver=True)
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except AuthenticationError as exc:  # token authentication on, and no token here
+            raise ConfigError(
+                f"--address {address}: {exc.message.strip().splitlines()[0]}: give this "
+                "machine the cluster's Ray token in ~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or "
+                "RAY_AUTH_TOKEN (docs/CLUSTER.md)"
+            ) from None
+        except ConnectionError:  # Ray says no more, whether unreachable or a wrong token
+            raise ConfigError(
+                f"--address {address}: could not join the Ray cluster there: check that it "
+                "runs and that this machine has its Ray token (a wrong token is refused; "
+                "docs/CLUSTER.md)"
+            ) from None
     else:
         ray.init(
             num_cpus=num_cpus,

@@ -14,14 +14,22 @@ The flow, one module per step:
 Reliability (docs/RELIABILITY.md): a trial that raises or whose worker dies is retried from its
 last intact checkpoint (`--max-failures`); a NaN loss or a time limit ends a trial as failed at
 once, never retried and never ranked; a trial whose run folder already holds its final summary
-is never trained again.
+is never trained again. Ctrl-C stops the sweep as Ray Tune does (a last save of the experiment
+state; a second Ctrl-C skips it) and ends with the `hpsearch resume EXP_DIR` line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
+import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from hpsearch import preflight
@@ -31,7 +39,21 @@ from hpsearch.space_parser import load_search_space
 from trainables.errors import ConfigError
 from trainables.minbert import faults
 
-__all__ = ["resume_sweep", "run_sweep"]
+__all__ = ["SweepInterrupted", "resume_sweep", "run_sweep"]
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a sweep's fit. `resumable`: Ray saved the experiment's state, so
+    `hpsearch resume` continues it (finished trials kept, unfinished ones resumed)."""
+
+    def __init__(self, path: Path, resumable: bool) -> None:
+        super().__init__(str(path))
+        self.path = path
+        self.resumable = resumable
+
+    @property
+    def resume_command(self) -> str | None:
+        return f"hpsearch resume {self.path}" if self.resumable else None
 
 
 def run_sweep(space_path: str | Path, settings: SweepSettings | None = None) -> Path:
@@ -48,6 +70,8 @@ def run_sweep(space_path: str | Path, settings: SweepSettings | None = None) -> 
     from hpsearch import driver  # Ray Tune: imported once the input is known to be good
 
     earlier = driver.load_warm_start(settings.warm_start, space) if settings.warm_start else []
+    # Ray before the first write too: a missing or wrong Ray token is refused like bad input.
+    driver.init_ray(settings.address, settings.num_cpus)
     experiment = Experiment.create(
         folder, Path(space_path), space, settings, trial_overrides, notes
     )
@@ -56,7 +80,6 @@ def run_sweep(space_path: str | Path, settings: SweepSettings | None = None) -> 
         print(
             f"warm start: {len(earlier)} finished trials of {settings.warm_start} seed the sampler"
         )
-    driver.init_ray(settings.address, settings.num_cpus)
     _fit(driver.build_tuner(experiment, space), experiment)
     if settings.report:
         _report(experiment)
@@ -91,10 +114,21 @@ def resume_sweep(
 
 
 def _fit(tuner: Any, experiment: Experiment) -> None:
-    """Run the tuner, record the fit's span, close what a killed driver left, and say so."""
+    """Run the tuner, record the fit's span, close what a killed driver left, and say so.
+    Ctrl-C: SweepInterrupted, once Ray has saved what it could (nothing reconciled)."""
     t0, started_at = time.perf_counter(), time.time()
-    grid = tuner.fit()
+    with _ctrl_c_stops_tune() as interrupt:
+        try:
+            grid = tuner.fit()
+        except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune's loop began
+            interrupt.set()
     experiment.record_fit(started_at, time.time())
+    if interrupt.is_set():
+        import ray
+        from ray import tune
+
+        ray.shutdown()  # the trials' processes end with the driver's Ray
+        raise SweepInterrupted(experiment.path, tune.Tuner.can_restore(str(experiment.path)))
     known = {Path(result.path).name.removeprefix("trial_") for result in grid if result.path}
     abandoned = experiment.reconcile(known)
     if abandoned:
@@ -120,3 +154,59 @@ def _report(experiment: Experiment) -> None:
     except ReportError as exc:
         raise ConfigError(str(exc)) from None
     print(f"report: {out}")
+
+
+# Ray Tune's hint after a Ctrl-C names its Python API (`Tuner.restore(path=...,
+# trainable=...)`); the CLI names `hpsearch resume` instead.
+_TUNE_INTERRUPT_LINES = ("Resume experiment with", "Trials did not complete")
+
+
+class _DropTuneInterruptHints(logging.Filter):
+    def __init__(self, interrupt: threading.Event) -> None:
+        super().__init__()
+        self.interrupt = interrupt
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (
+            self.interrupt.is_set() and any(line in message for line in _TUNE_INTERRUPT_LINES)
+        )
+
+
+@contextlib.contextmanager
+def _ctrl_c_stops_tune() -> Iterator[threading.Event]:
+    """During a fit, the first SIGINT asks Ray Tune to stop as its own SIGINT handler would
+    (through the SIGUSR1 handler Tune installs for that: a last save of the experiment state,
+    then fit() returns) and is remembered in the event; a second one raises KeyboardInterrupt
+    (Tune's "press Ctrl-C again to skip"). Tune's own SIGINT handler is off meanwhile
+    (TUNE_DISABLE_SIGINT_HANDLER), so the interruption is known here, not guessed from logs.
+    """
+    interrupt = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupt  # signal handlers can only be set in the main thread
+        return
+
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
+        if interrupt.is_set():
+            raise KeyboardInterrupt
+        interrupt.set()
+        tune_stop = signal.getsignal(signal.SIGUSR1)
+        if not callable(tune_stop):  # Tune's loop has not started: nothing to stop gently
+            raise KeyboardInterrupt
+        tune_stop(signal.SIGUSR1, frame)
+
+    tune_logger = logging.getLogger("ray.tune.tune")
+    hints = _DropTuneInterruptHints(interrupt)
+    before_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    before_handler = signal.signal(signal.SIGINT, on_sigint)
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    tune_logger.addFilter(hints)
+    try:
+        yield interrupt
+    finally:
+        signal.signal(signal.SIGINT, before_handler)
+        tune_logger.removeFilter(hints)
+        if before_env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = before_env

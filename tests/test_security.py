@@ -13,6 +13,8 @@ import hashlib
 import http.server
 import json
 import os
+import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -134,11 +136,71 @@ def test_no_shell():
     assert problems == []
 
 
+_AUTH_OPT_OUT_TESTS = {Path("tests/hpsearch/test_ray_auth.py")}  # the opt-out's warning
+
+
+def _disables_ray_auth(node: ast.AST) -> bool:
+    """RAY_AUTH_MODE given the value "disabled": a dict entry, environ[...] = ..., a call
+    such as environ.setdefault(...) / putenv(...), or a keyword argument."""
+
+    def is_const(n: ast.AST | None, value: str) -> bool:
+        return isinstance(n, ast.Constant) and n.value == value
+
+    if isinstance(node, ast.Dict):
+        return any(
+            is_const(k, "RAY_AUTH_MODE") and is_const(v, "disabled")
+            for k, v in zip(node.keys, node.values, strict=True)
+        )
+    if isinstance(node, ast.Assign):
+        return is_const(node.value, "disabled") and any(
+            isinstance(t, ast.Subscript) and is_const(t.slice, "RAY_AUTH_MODE")
+            for t in node.targets
+        )
+    if isinstance(node, ast.Call):
+        positional = (
+            len(node.args) >= 2
+            and is_const(node.args[0], "RAY_AUTH_MODE")
+            and is_const(node.args[1], "disabled")
+        )
+        return positional or is_const(_keyword(node, "RAY_AUTH_MODE"), "disabled")
+    return False
+
+
+def test_ray_token_authentication_is_never_turned_off():
+    """No code, test environment, Makefile, CI script or cluster file sets
+    RAY_AUTH_MODE=disabled (only the test of the opt-out's warning does, on purpose)."""
+    problems = [
+        f"{path}:{node.lineno}"
+        for path, tree in _sources()
+        if path not in _AUTH_OPT_OUT_TESTS
+        for node in ast.walk(tree)
+        if _disables_ray_auth(node)
+    ]
+    for name in ("Makefile", "cluster.yaml", ".ci/run"):  # what runs (comments aside)
+        for number, line in enumerate((REPO / name).read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if re.search(
+                r"RAY_AUTH_MODE\s*[?:]?=\s*[\"']?disabled|RAY_AUTH_MODE:\s*disabled", code
+            ):
+                problems.append(f"{name}:{number}")
+    assert problems == []
+
+
 # ---------------------------------------------------------------------------- runtime checks
-def _child_env() -> dict[str, str]:
+_RAY_AUTH = {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"}
+
+
+def _child_env(tmp_path: Path) -> dict[str, str]:
+    """The child's environment: no Ray authentication settings inherited (hpsearch turns
+    token authentication on itself), and a Ray token of this test's own, beside tmp_path (no
+    test touches ~/.ray/auth_token)."""
     drop = {"HPSEARCH_FAULT", "MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"}
-    env = {k: v for k, v in os.environ.items() if k not in drop}
-    env.update({"RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"})
+    env = {k: v for k, v in os.environ.items() if k not in drop | _RAY_AUTH}
+    token = tmp_path.parent / f"{tmp_path.name}.ray_auth_token"
+    if not token.exists():
+        token.touch(mode=0o600)
+        token.write_text(secrets.token_hex(32))
+    env.update({"RAY_AUTH_TOKEN_PATH": str(token), "HF_HUB_OFFLINE": "1"})
     return env
 
 
@@ -236,7 +298,7 @@ def test_local_ray_dashboard_is_off_and_bound_to_loopback(tmp_path):
     listens on no other address. (Ray's own GCS and raylet ports listen on all interfaces
     whatever the options: see docs/RELIABILITY.md.)"""
     ray_tmp = tempfile.mkdtemp(prefix="hps-ray-")  # short: Ray's socket paths must fit 107 bytes
-    env = {**_child_env(), "RAY_TMPDIR": ray_tmp}
+    env = {**_child_env(tmp_path), "RAY_TMPDIR": ray_tmp}
     try:
         proc = subprocess.run(
             [sys.executable, "-c", _RAY_PROBE],
@@ -309,7 +371,7 @@ def test_data_download_is_verified_by_checksum(tmp_path):
                 f"http://127.0.0.1:{server.server_address[1]}/data/",
             ],
             cwd=tmp_path,
-            env=_child_env(),
+            env=_child_env(tmp_path),
             capture_output=True,
             text=True,
             timeout=120,

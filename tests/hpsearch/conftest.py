@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -18,11 +19,26 @@ REPO = Path(__file__).resolve().parents[2]
 RENDEZVOUS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 
+# Ray's token authentication: the mode and where the token comes from. A child hpsearch gets
+# neither mode nor token from this process: it must turn authentication on by itself.
+RAY_AUTH = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+def ray_token_file(tmp_path: Path) -> Path:
+    """This test's own Ray token (beside tmp_path, so that listings of tmp_path stay as the
+    test made them): no test reads or writes ~/.ray/auth_token, which a fresh machine lacks."""
+    token = tmp_path.parent / f"{tmp_path.name}.ray_auth_token"
+    if not token.exists():
+        token.touch(mode=0o600)
+        token.write_text(secrets.token_hex(32))
+    return token
+
+
 def hpsearch_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in RENDEZVOUS}
+    env = {k: v for k, v in os.environ.items() if k not in (*RENDEZVOUS, *RAY_AUTH)}
     env.update(
         {
-            "RAY_AUTH_MODE": "disabled",
+            "RAY_AUTH_TOKEN_PATH": str(ray_token_file(tmp_path)),
             "HF_HUB_OFFLINE": "1",
             "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
             "RAY_DEDUP_LOGS": "0",

@@ -595,7 +595,6 @@ def test_bad_input_is_refused_in_one_line(case: Case, tmp_path: Path) -> None:
     env.update(
         {
             "RAY_TMPDIR": str(ray_tmp),
-            "RAY_AUTH_MODE": "disabled",
             "HF_HUB_OFFLINE": "1",
             **case.env,
         }

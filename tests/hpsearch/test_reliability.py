@@ -165,7 +165,7 @@ _NOT_INHERITED = {faults.ENV, "MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE"
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
-    env.update({"RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+    env.update({"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
     env.update(extra)
     return env
 

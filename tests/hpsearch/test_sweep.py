@@ -156,9 +156,12 @@ def _ray(*args: str, env: dict) -> None:
 
 @pytest.mark.slow
 def test_two_node_cluster_on_loopback(tmp_path, cli, records, hpsearch_environ):
-    """`ray start --head` plus a second `ray start --address`: trials land on both nodes."""
+    """`ray start --head` plus a second `ray start --address`: trials land on both nodes.
+    Token authentication on, as docs/CLUSTER.md tells a hand-made cluster: RAY_AUTH_MODE=token
+    and the same token (here RAY_AUTH_TOKEN_PATH, this test's own) on every node; hpsearch
+    joins with it."""
     port = _free_port()
-    env = hpsearch_environ
+    env = {**hpsearch_environ, "RAY_AUTH_MODE": "token"}
     common = ["--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
     try:
         _ray("start", "--head", f"--port={port}", "--include-dashboard=false", *common, env=env)
