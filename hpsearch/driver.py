@@ -205,7 +205,7 @@ def keep_token_authentication() -> None:
             # Ray reads the variable into its config when imported: refresh it, as Ray does
             # when it turns token authentication on itself (otherwise this process would skip
             # writing a missing token that the GCS it starts then requires).
-            from ray._raylet import Config
+            from ray._raylet import Config  # type: ignore[attr-defined]  # compiled, no stub entry
 
             Config.initialize("")
     elif mode.strip().lower() == "disabled":
