@@ -2,9 +2,11 @@
 
     .venv/bin/python benchmarks/bench_demo_ab.py --base 6462157            # 2 rounds, ABBA
     .venv/bin/python benchmarks/bench_demo_ab.py --base HEAD~5 --rounds 3
+    .venv/bin/python benchmarks/bench_demo_ab.py --base 6462157 --head a66086f   # two commits
 
-For a change that should not cost time (a restructure, say): the earlier commit is checked out
-into a temporary git worktree, and both run the demo sweep (`search_spaces/demo.yaml`: 6
+For a change that should not cost time (a restructure, say): the earlier commit (and, with
+--head, the later one instead of this checkout) is checked out into a temporary git worktree,
+and both run the demo sweep (`search_spaces/demo.yaml`: 6
 MiniLM trials, TPE + ASHA, 2 at a time, with its report) with the same interpreter and the
 same installed packages, alternately (A B B A, then again), so that a machine getting busier
 or quieter during the run weighs on both alike. Each run is `python -m hpsearch.cli sweep` in
@@ -56,23 +58,28 @@ def _run_demo(checkout: Path, storage: Path) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base", required=True, help="the earlier commit (any git revision)")
+    parser.add_argument("--head", help="the later commit (default: this checkout as it is)")
     parser.add_argument("--rounds", type=int, default=2, help="ABBA rounds (default 2)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-demo-ab-") as tmp:
         base = Path(tmp) / "base"
-        subprocess.run(["git", "worktree", "add", "-q", "--detach", str(base), args.base],
-                       cwd=REPO, check=True)  # fmt: skip
+        head = Path(tmp) / "head" if args.head else REPO
+        worktrees = [(base, args.base)] + ([(head, args.head)] if args.head else [])
+        for folder, revision in worktrees:
+            subprocess.run(["git", "worktree", "add", "-q", "--detach", str(folder), revision],
+                           cwd=REPO, check=True)  # fmt: skip
         try:
             results: dict[str, list[tuple[float, float]]] = {"base": [], "head": []}
             order = ["base", "head", "head", "base"] * args.rounds
             for i, side in enumerate(order, start=1):
-                checkout = base if side == "base" else REPO
+                checkout = base if side == "base" else head
                 wall, train = _run_demo(checkout, Path(tmp) / f"runs-{side}")
                 results[side].append((wall, train))
                 print(f"run {i:2d} {side:4s}: wall {wall:6.1f} s, finished trials' train "
                       f"{train:6.1f} s", flush=True)  # fmt: skip
         finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=REPO)
+            for folder, _ in worktrees:
+                subprocess.run(["git", "worktree", "remove", "--force", str(folder)], cwd=REPO)
     for what, k in (("wall", 0), ("train", 1)):
         b = statistics.mean(r[k] for r in results["base"])
         h = statistics.mean(r[k] for r in results["head"])
