@@ -77,6 +77,10 @@ def _wait_for_sessions(url: str, count: int, ended: int) -> list[dict[str, Any]]
         time.sleep(0.5)
 
 
+# Four trials one after another: about 30 s on 2 quiet cores, but each starts a fresh Ray
+# worker, and beside a CPU hog per core that took over 10 minutes once: the limits are sized
+# for that, well above pytest's default --timeout.
+@pytest.mark.timeout(2700)
 def test_one_hparams_session_per_trial_with_its_status_and_dev_metrics_only(
     tmp_path: Path, hpsearch_environ: dict[str, str], records: Any
 ) -> None:
@@ -87,7 +91,7 @@ def test_one_hparams_session_per_trial_with_its_status_and_dev_metrics_only(
         env={**hpsearch_environ, "HPSEARCH_FAULT": _FAULT},
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=2400,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     exp = tmp_path / "hparams"
