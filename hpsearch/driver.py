@@ -242,6 +242,11 @@ def init_ray(address: str | None, num_cpus: int | None) -> None:
                 "docs/CLUSTER.md)"
             ) from None
     else:
+        # Ray starts its worker processes at niceness 15 (RAY_worker_niceness): beside any
+        # other busy process the trials, which are the sweep's whole work, then get a few
+        # percent of a core (30-40x slower beside a CPU hog per core, measured). The local
+        # Ray hpsearch starts runs them at the driver's priority, unless the user set it.
+        os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(
             num_cpus=num_cpus,
             include_dashboard=False,

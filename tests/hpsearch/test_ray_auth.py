@@ -209,6 +209,8 @@ def test_trials_run_with_token_auth_and_a_wrong_token_cannot_join(
             continue
         assert mode in (None, "token"), (mode, _cmdline(p)[:3])
     assert workers, "no trial process found"
+    # trials run at the driver's priority, not Ray's default niceness 15 for workers
+    assert [p.nice() for p in workers] == [os.nice(0)] * len(workers)
 
     address = _gcs_address(sweep)
     outsider = {
