@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,34 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# What a child process (an `hpsearch` command, a Ray probe) must not inherit from this one:
+# the fault-injection hook, torch.distributed rendezvous variables (an in-process DeepSpeed
+# test sets them and holds the port) and Ray's authentication settings (a child hpsearch
+# must turn token authentication on by itself).
+NOT_INHERITED = (
+    "HPSEARCH_FAULT",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "RAY_AUTH_MODE",
+    "RAY_AUTH_TOKEN",
+    "RAY_AUTH_TOKEN_PATH",
+)
+
+
+@pytest.fixture
+def child_environ(tmp_path: Path) -> dict[str, str]:
+    """The environment of a child process: none of NOT_INHERITED, no hub access, and a Ray
+    token of this test's own (beside tmp_path, so that listings of tmp_path stay as the test
+    made them): no test reads or writes ~/.ray/auth_token, which a fresh machine lacks."""
+    token = tmp_path.parent / f"{tmp_path.name}.ray_auth_token"
+    if not token.exists():
+        token.touch(mode=0o600)
+        token.write_text(secrets.token_hex(32))
+    env = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
+    env.update({"RAY_AUTH_TOKEN_PATH": str(token), "HF_HUB_OFFLINE": "1"})
+    return env

@@ -12,9 +12,7 @@ import functools
 import hashlib
 import http.server
 import json
-import os
 import re
-import secrets
 import shutil
 import subprocess
 import sys
@@ -187,23 +185,6 @@ def test_ray_token_authentication_is_never_turned_off():
 
 
 # ---------------------------------------------------------------------------- runtime checks
-_RAY_AUTH = {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"}
-
-
-def _child_env(tmp_path: Path) -> dict[str, str]:
-    """The child's environment: no Ray authentication settings inherited (hpsearch turns
-    token authentication on itself), and a Ray token of this test's own, beside tmp_path (no
-    test touches ~/.ray/auth_token)."""
-    drop = {"HPSEARCH_FAULT", "MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"}
-    env = {k: v for k, v in os.environ.items() if k not in drop | _RAY_AUTH}
-    token = tmp_path.parent / f"{tmp_path.name}.ray_auth_token"
-    if not token.exists():
-        token.touch(mode=0o600)
-        token.write_text(secrets.token_hex(32))
-    env.update({"RAY_AUTH_TOKEN_PATH": str(token), "HF_HUB_OFFLINE": "1"})
-    return env
-
-
 def test_deepspeed_checkpoints_are_read_weights_only(tmp_path):
     """DeepSpeed's own loader unpickles with weights_only=False; ours routes it through the
     weights-only unpickler, so a tampered checkpoint (even one re-sealed with a matching
@@ -292,13 +273,13 @@ ray.shutdown()
 """
 
 
-def test_local_ray_dashboard_is_off_and_bound_to_loopback(tmp_path):
+def test_local_ray_dashboard_is_off_and_bound_to_loopback(tmp_path, child_environ):
     """The sweep's local Ray: no dashboard web UI (webui_url empty), and Ray's dashboard
     process, which Ray starts anyway for its internal APIs, is told --host=127.0.0.1 and
     listens on no other address. (Ray's own GCS and raylet ports listen on all interfaces
     whatever the options: see docs/RELIABILITY.md.)"""
     ray_tmp = tempfile.mkdtemp(prefix="hps-ray-")  # short: Ray's socket paths must fit 107 bytes
-    env = {**_child_env(tmp_path), "RAY_TMPDIR": ray_tmp}
+    env = {**child_environ, "RAY_TMPDIR": ray_tmp}
     try:
         proc = subprocess.run(
             [sys.executable, "-c", _RAY_PROBE],
@@ -344,7 +325,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def test_data_download_is_verified_by_checksum(tmp_path):
+def test_data_download_is_verified_by_checksum(tmp_path, child_environ):
     """`hpsearch data download` from a mirror serving altered files: refused, nothing kept."""
     from trainables.minbert.download import CS224N_FILES
 
@@ -371,7 +352,7 @@ def test_data_download_is_verified_by_checksum(tmp_path):
                 f"http://127.0.0.1:{server.server_address[1]}/data/",
             ],
             cwd=tmp_path,
-            env=_child_env(tmp_path),
+            env=child_environ,
             capture_output=True,
             text=True,
             timeout=120,

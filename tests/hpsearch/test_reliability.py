@@ -36,7 +36,6 @@ from hpsearch.settings import SweepSettings
 from hpsearch.space_parser import load_search_space
 from trainables.atomic import write_json_atomic
 from trainables.errors import ConfigError
-from trainables.minbert import faults
 from trainables.minbert.callbacks import MetricsFileWriter
 from trainables.minbert.config import load_trial_config
 from trainables.minbert.run_checkpoint import find_checkpoint, verify_checkpoint
@@ -158,27 +157,22 @@ def _kill(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-# This process may have trained in-process (and so set the torch.distributed rendezvous
-# variables for itself, its port still taken): child processes pick their own.
-_NOT_INHERITED = {faults.ENV, "MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"}
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
-    env.update({"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
-    env.update(extra)
-    return env
+def _env(base: dict[str, str], **extra: str) -> dict[str, str]:
+    """A child's environment: `base` (the `child_environ` fixture of tests/conftest.py: no
+    fault hook, rendezvous variables or Ray auth settings of this process, a Ray token of the
+    test's own), unbuffered, plus `extra`."""
+    return {**base, "PYTHONUNBUFFERED": "1", **extra}
 
 
 @pytest.mark.slow
-def test_killed_while_writing_a_checkpoint_then_resumed(tmp_path):
+def test_killed_while_writing_a_checkpoint_then_resumed(tmp_path, child_environ):
     """SIGKILL `hpsearch train` in the middle of writing its second checkpoint: the half
     checkpoint is never taken for one, and --resume continues from the first."""
     out = tmp_path / "run"
     proc = _hpsearch(
         ["train", str(TINY_YAML), "--out", str(out)],
         tmp_path,
-        _env(HPSEARCH_FAULT="sleep_in_checkpoint:300@step=8"),
+        _env(child_environ, HPSEARCH_FAULT="sleep_in_checkpoint:300@step=8"),
         tmp_path / "log",
     )
     try:
@@ -208,7 +202,7 @@ def test_killed_while_writing_a_checkpoint_then_resumed(tmp_path):
             "--resume",
         ],
         cwd=tmp_path,
-        env=_env(),
+        env=_env(child_environ),
         capture_output=True,
         text=True,
         timeout=300,
@@ -405,13 +399,15 @@ def _crashed_experiment(exp: Path) -> None:
     (exp / "trials" / "aaaa0003.json").write_text('{"trial_id": "aaaa0003", "stat')
 
 
-def test_report_of_a_crashed_experiment_lists_every_trial_and_ranks_only_sound_ones(tmp_path):
+def test_report_of_a_crashed_experiment_lists_every_trial_and_ranks_only_sound_ones(
+    tmp_path, child_environ
+):
     exp = tmp_path / "crashed"
     _crashed_experiment(exp)
     proc = subprocess.run(
         [sys.executable, "-m", "hpsearch.cli", "report", str(exp)],
         cwd=tmp_path,
-        env=_env(),
+        env=_env(child_environ),
         capture_output=True,
         text=True,
         timeout=300,
@@ -474,7 +470,7 @@ def _study(exp: Path) -> optuna.Study:
 
 
 @pytest.mark.slow
-def test_trial_faults_fail_alone_and_the_sweep_completes(tmp_path, cli):
+def test_trial_faults_fail_alone_and_the_sweep_completes(tmp_path, cli, child_environ):
     """One sweep, seven trials: a NaN loss, an exception, a worker SIGKILLed once (retried
     from its checkpoint), a worker SIGKILLed every time, a trial past its time limit, and
     two healthy ones. Every fault ends in its trial alone, with its reason in the report."""
@@ -500,7 +496,7 @@ def test_trial_faults_fail_alone_and_the_sweep_completes(tmp_path, cli):
             "45",
         ],
         cwd=REPO,
-        env=_env(HPSEARCH_FAULT=faults),
+        env=_env(child_environ, HPSEARCH_FAULT=faults),
         capture_output=True,
         text=True,
         timeout=900,
@@ -558,7 +554,7 @@ def test_trial_faults_fail_alone_and_the_sweep_completes(tmp_path, cli):
     assert best["train"]["seed"] in (0, 3, 6)
 
 
-def _start_sweep(space: Path, storage: Path, fault: str) -> subprocess.Popen:
+def _start_sweep(space: Path, storage: Path, fault: str, base: dict[str, str]) -> subprocess.Popen:
     return _hpsearch(
         [
             "sweep",
@@ -571,7 +567,7 @@ def _start_sweep(space: Path, storage: Path, fault: str) -> subprocess.Popen:
             "1",
         ],
         REPO,
-        _env(HPSEARCH_FAULT=fault),
+        _env(base, HPSEARCH_FAULT=fault),
         storage / "driver.log",
     )
 
@@ -623,10 +619,10 @@ def _check_resumed(exp: Path, before: dict[str, str], n: int) -> dict[int, dict]
 
 
 @pytest.mark.slow
-def test_driver_killed_during_trial_start_then_resumed(tmp_path, cli):
+def test_driver_killed_during_trial_start_then_resumed(tmp_path, cli, child_environ):
     space = _grid_space(tmp_path, "killstart", [0, 1, 2])
     exp = tmp_path / "killstart"
-    proc = _start_sweep(space, tmp_path, "sleep_in_setup:300@seed=1")
+    proc = _start_sweep(space, tmp_path, "sleep_in_setup:300@seed=1", child_environ)
     try:
         _wait_for(_marker(exp, ".fault-sleep_in_setup"), 600, "trial 2 starting", proc)
     finally:
@@ -638,10 +634,10 @@ def test_driver_killed_during_trial_start_then_resumed(tmp_path, cli):
 
 
 @pytest.mark.slow
-def test_driver_killed_while_a_checkpoint_is_written_then_resumed(tmp_path, cli):
+def test_driver_killed_while_a_checkpoint_is_written_then_resumed(tmp_path, cli, child_environ):
     space = _grid_space(tmp_path, "killckpt", [0, 1, 2])
     exp = tmp_path / "killckpt"
-    proc = _start_sweep(space, tmp_path, "sleep_in_checkpoint:300@seed=1,step=8")
+    proc = _start_sweep(space, tmp_path, "sleep_in_checkpoint:300@seed=1,step=8", child_environ)
     try:
         _wait_for(_marker(exp, ".fault-sleep_in_checkpoint"), 600, "a checkpoint write", proc)
     finally:
@@ -657,10 +653,10 @@ def test_driver_killed_while_a_checkpoint_is_written_then_resumed(tmp_path, cli)
 
 
 @pytest.mark.slow
-def test_driver_killed_during_the_report_then_resumed(tmp_path, cli):
+def test_driver_killed_during_the_report_then_resumed(tmp_path, cli, child_environ):
     space = _grid_space(tmp_path, "killreport", [0, 1])
     exp = tmp_path / "killreport"
-    proc = _start_sweep(space, tmp_path, "sleep_in_report:300")
+    proc = _start_sweep(space, tmp_path, "sleep_in_report:300", child_environ)
     try:
         _wait_for(lambda: (exp / ".fault-sleep_in_report").exists(), 600, "the report", proc)
     finally:
@@ -729,12 +725,13 @@ def test_fifty_short_trials_all_accounted_for_and_memory_flat(tmp_path, cli):
 class RaySession:
     """The `hpsearch` commands of one test and the Ray processes they start."""
 
-    def __init__(self, ray_tmp: Path) -> None:
+    def __init__(self, ray_tmp: Path, base_env: dict[str, str]) -> None:
         self.ray_tmp = ray_tmp
+        self.base_env = base_env
         self.started: list[subprocess.Popen] = []
 
     def env(self, **extra: str) -> dict[str, str]:
-        return _env(RAY_TMPDIR=str(self.ray_tmp), RAY_DEDUP_LOGS="0", **extra)
+        return _env(self.base_env, RAY_TMPDIR=str(self.ray_tmp), RAY_DEDUP_LOGS="0", **extra)
 
     def start(self, args: list[str], log: Path, **extra: str) -> subprocess.Popen:
         proc = _hpsearch(args, REPO, self.env(**extra), log)
@@ -793,9 +790,9 @@ class RaySession:
 
 
 @pytest.fixture
-def ray_session():
+def ray_session(child_environ):
     ray_tmp = Path(tempfile.mkdtemp(prefix="hps-ray-", dir="/tmp"))
-    session = RaySession(ray_tmp)
+    session = RaySession(ray_tmp, child_environ)
     try:
         yield session
     finally:
