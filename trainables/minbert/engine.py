@@ -9,7 +9,8 @@ Single-process runs (tests, one trial per Tune worker) get a one-rank process gr
 127.0.0.1; Ray Train sets the rendezvous variables itself for multi-worker runs.
 
 DeepSpeed JIT-compiles two C++ ops on CPU that this module avoids:
-- FusedAdam, for an Adam/AdamW optimizer: `"torch_adam": true` uses torch.optim.AdamW instead.
+- FusedAdam, for an Adam/AdamW optimizer: `"torch_adam": true` uses torch.optim.AdamW instead,
+  with `fused=True` (torch's own fused kernel, on CPU and CUDA alike, nothing to compile).
 - `deepspeed_shm_comm`, a shared-memory allreduce built (~26 s) whenever DeepSpeed creates its
   communication backend, even for a world of one. DeepSpeed skips it when its op table
   `deepspeed.ops.__compatible_ops__` marks it incompatible, which `build_engine` does; gloo
@@ -147,6 +148,9 @@ def deepspeed_config(
                 "betas": list(ADAM_BETAS),
                 "eps": ADAM_EPS,
                 "torch_adam": True,  # torch.optim.AdamW: no FusedAdam JIT build
+                # torch's own fused kernel (CPU and CUDA), no build: 130 -> 28 ms per step on
+                # MiniLM's 22.7M parameters here against the default for-loop form
+                "fused": True,
             },
         },
         # DeepSpeed's default is 1.0, not off: always say what the trial asked for.
