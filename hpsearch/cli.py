@@ -5,6 +5,7 @@
     hpsearch resume EXP_DIR
     hpsearch report EXP_DIR
     hpsearch tensorboard EXP_DIR [--port P]
+    hpsearch dashboard EXP_DIR [--port P]
     hpsearch check-cluster cluster.yaml
     hpsearch data download --dest DIR
     hpsearch data synth --dest DIR
@@ -24,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from hpsearch import tensorboard
+from hpsearch import dashboard, tensorboard
 from hpsearch.settings import SweepSettings
 from trainables.errors import ConfigError
 
@@ -190,6 +191,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     board.add_argument("--allow-remote", action="store_true")
 
+    study_board = commands.add_parser(
+        "dashboard", help="start optuna-dashboard on an experiment's study (127.0.0.1, read-only)"
+    )
+    study_board.add_argument("exp_dir")
+    study_board.add_argument(
+        "--port",
+        type=int,
+        default=dashboard.DEFAULT_PORT,
+        help=f"port (default {dashboard.DEFAULT_PORT}; 0: any free one)",
+    )
+    study_board.add_argument(
+        "--host",
+        default=dashboard.DEFAULT_HOST,
+        help="bind address; anything but loopback needs --allow-remote",
+    )
+    study_board.add_argument("--allow-remote", action="store_true")
+
     cluster = commands.add_parser("check-cluster", help="validate a Ray cluster-launcher file")
     cluster.add_argument("file")
 
@@ -298,6 +316,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             exp, host=args.host, port=args.port, allow_remote=args.allow_remote
         )
         return 0
+    if args.command == "dashboard":
+        return dashboard.serve_forever(
+            args.exp_dir, host=args.host, port=args.port, allow_remote=args.allow_remote
+        )
     if args.command == "check-cluster":
         from hpsearch.cluster import check_cluster_file
 
