@@ -23,13 +23,16 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import optuna
 
 from trainables.errors import ConfigError
 from trainables.minbert.config import TrialConfig, build_trial_config
 from trainables.minbert.extensions.registry import variant_name
+
+if TYPE_CHECKING:
+    from hpsearch.space_tuning import TuningPlan
 
 __all__ = [
     "GRID_KEY",
@@ -141,6 +144,8 @@ class SearchSpace:
     max_concurrent: int | None
     # a grid sweep's points (the chosen values of each, in grid_point order); [] otherwise
     grid: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    # a tuned ablation's plan (the `tuning:` section, hpsearch.ablation runs it); None otherwise
+    tuning: TuningPlan | None = None
 
     @property
     def multi_objective(self) -> bool:

@@ -32,12 +32,22 @@ from hpsearch.space import (
 )
 from hpsearch.space_params import a_kind, did_you_mean, failure, parse_param, type_problem
 from hpsearch.space_search import ASHA_KEYS, SEARCH_KEYS, parse_search_section
+from hpsearch.space_tuning import parse_tuning_section
 from trainables.errors import ConfigError
 from trainables.minbert.config import build_trial_config, known_keys
 
 __all__ = ["default_folder", "load_search_space", "validate_all"]
 
-_TOP_KEYS = ("name", "description", "base", "search", "parameters", "variants", "seeds")
+_TOP_KEYS = (
+    "name",
+    "description",
+    "base",
+    "search",
+    "parameters",
+    "variants",
+    "seeds",
+    "tuning",
+)
 _MAX_GRID = 10_000  # refuse bigger grids: that many trials is never what was meant
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _EXAMPLE = "e.g. parameters: {train.lr: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}}"
@@ -133,10 +143,25 @@ class SpaceFileParser:
 
         base = self._settings("base", doc.get("base"))
         self._check_config("base", base)
+        if "tuning" in doc and doc.get("seeds") is not None:
+            raise self.fail(
+                "seeds", "a tuned ablation takes its seeds from tuning.final_seeds: move them"
+            )
         seeds = self._seeds(doc.get("seeds"), base)
         variants = self._variants(doc.get("variants"), base, seeds)
         params = self._parameters(doc.get("parameters"), base, variants, seeds)
         search = parse_search_section(self.path, doc.get("search"), params)
+        tuning = None
+        if "tuning" in doc:
+            tuning = parse_tuning_section(
+                self.fail,
+                doc["tuning"],
+                base=base,
+                variants=variants,
+                params=params,
+                seeds=seeds,
+                search=search,
+            )
         if not (params or variants or seeds):
             raise ConfigError(
                 f"{self.path}: nothing to search: the file has no parameters, variants or "
@@ -175,6 +200,7 @@ class SpaceFileParser:
             asha_reduction_factor=search.asha_reduction_factor,
             max_concurrent=search.max_concurrent,
             grid=grid,
+            tuning=tuning,
         )
         # Every grid point is a complete trial: validate them all (cheap), cross-field rules too.
         for index, point in enumerate(grid):

@@ -61,6 +61,12 @@ def run_sweep(space_path: str | Path, settings: SweepSettings | None = None) -> 
     settings = settings or SweepSettings()
     space_overrides = {"search.num_samples": settings.num_samples} if settings.num_samples else {}
     space = load_search_space(space_path, overrides=space_overrides)
+    if space.tuning is not None:  # a tuned ablation: phases, each one sweep (hpsearch.ablation)
+        from hpsearch import ablation
+
+        return ablation.run_tuned_ablation(
+            Path(space_path), space, settings, run_phase=run_sweep, resume_phase=resume_sweep
+        )
     if settings.smoke_test and space.sampler != "grid":
         space = dataclasses.replace(space, num_samples=min(space.num_samples, 2))
     # Every check comes before the first write and before Ray starts.
@@ -93,6 +99,12 @@ def resume_sweep(
     report: bool = True,
 ) -> Path:
     """Continue an interrupted experiment: finished trials stay, unfinished ones resume."""
+    from hpsearch import ablation
+
+    if ablation.is_tuned_ablation(exp_dir):
+        return ablation.resume_tuned_ablation(
+            exp_dir, run_sweep, resume_sweep, address=address, num_cpus=num_cpus, report=report
+        )
     experiment = Experiment.load(exp_dir)
     space = load_search_space(experiment.path / SPACE_COPY)
     faults.armed()  # a test hook; a malformed value is refused like any other input

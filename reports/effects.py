@@ -73,7 +73,7 @@ def variant_effects(
                     seed=seed,
                 )
                 records.append(
-                    _effect_record(
+                    effect_record(
                         f"{labels[v]} − {labels[baseline]}", "variant", metric, d, "baseline"
                     )
                 )
@@ -88,7 +88,7 @@ def variant_effects(
     ]
     if base.empty:
         notes.insert(0, f"No finished '{baseline}' trial: nothing to compare against.")
-    return _effects_table(
+    return effects_table(
         "effects_variants", "Effect of each variant against the baseline", records, notes
     )
 
@@ -128,7 +128,7 @@ def toggle_effects(
                 on[metric], off[metric], n_resamples=n_resamples, confidence=confidence, seed=seed
             )
             records.append(
-                _effect_record(f"{toggle.name}: on − off", "toggle", metric, d, "toggle off")
+                effect_record(f"{toggle.name}: on − off", "toggle", metric, d, "toggle off")
             )
     if not varied:
         design = "No extension toggle is both on and off among the finished trials."
@@ -149,7 +149,7 @@ def toggle_effects(
         f"{confidence:.0%} percentile bootstrap interval ({n_resamples:,} resamples, generator "
         f"seed {seed}), the two groups resampled independently.",
     ]
-    return _effects_table(
+    return effects_table(
         "effects_toggles", "Effect of each extension toggle (on − off)", records, notes
     )
 
@@ -170,7 +170,7 @@ def _is_on_and_off(column: pd.Series | None) -> bool:
     return {bool(v) for v in column.tolist() if not is_missing(v)} == {True, False}
 
 
-def _effect_record(
+def effect_record(
     comparison: str, kind: str, metric: str, d: Difference, ref: str
 ) -> dict[str, Any]:
     return {
@@ -188,9 +188,7 @@ def _effect_record(
     }
 
 
-def _effects_table(
-    name: str, title: str, records: list[dict[str, Any]], notes: list[str]
-) -> Table:
+def effects_table(name: str, title: str, records: list[dict[str, Any]], notes: list[str]) -> Table:
     data = pd.DataFrame(records, columns=_DATA_COLUMNS)
     shown = [
         {
@@ -217,7 +215,9 @@ def _effects_table(
 __all__ = [
     "CONTAINS_ZERO",
     "EFFECT_METRICS",
+    "effect_record",
     "effect_verdict",
+    "effects_table",
     "toggle_effects",
     "variant_effects",
 ]

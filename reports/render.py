@@ -41,6 +41,7 @@ from reports.search_tables import (
 )
 from reports.sweep_tables import budget_table, status_table
 from reports.table import Table
+from reports.tuned import is_tuned_ablation, tuned_sections
 from reports.variants import BASELINE, BASELINE_LABEL, order_variants, variant_label
 from trainables.atomic import write_bytes_atomic, write_text_atomic
 
@@ -80,12 +81,23 @@ def build_report(
     Raises:
         ReportError: `exp_dir` is not an experiment folder.
     """
-    res = load_results(exp_dir)
-    out = Path(out_dir) if out_dir is not None else res.exp_dir / REPORT_DIR
-    (out / FIGURE_DIR).mkdir(parents=True, exist_ok=True)
-    best_path = out / BEST_CONFIG
-    sections, best_yaml = assemble(res, best_path, n_resamples=n_resamples, seed=seed)
-    title = f"Ablation report: {res.experiment.get('name') or res.exp_dir.name}"
+    if is_tuned_ablation(exp_dir):  # phases of sweeps: its own sections (reports.tuned)
+        folder = Path(exp_dir)
+        out = Path(out_dir) if out_dir is not None else folder / REPORT_DIR
+        (out / FIGURE_DIR).mkdir(parents=True, exist_ok=True)
+        best_path, best_yaml = out / BEST_CONFIG, None
+        sections = [
+            Section(heading, blocks)
+            for heading, blocks in tuned_sections(folder, n_resamples=n_resamples, seed=seed)
+        ]
+        title = f"Tuned ablation report: {folder.name}"
+    else:
+        res = load_results(exp_dir)
+        out = Path(out_dir) if out_dir is not None else res.exp_dir / REPORT_DIR
+        (out / FIGURE_DIR).mkdir(parents=True, exist_ok=True)
+        best_path = out / BEST_CONFIG
+        sections, best_yaml = assemble(res, best_path, n_resamples=n_resamples, seed=seed)
+        title = f"Ablation report: {res.experiment.get('name') or res.exp_dir.name}"
 
     for section in sections:
         for block in section.blocks:
