@@ -207,7 +207,7 @@ def _start(
 
     attempts = 3 if port == 0 else 1  # a picked port can be taken before TensorBoard binds it
     for attempt in range(attempts):
-        chosen = _free_port(host) if port == 0 else _require_free(host, port)
+        chosen = _bindable_port(host, port)
         handle = _launch(logdir.resolve(), host, chosen, reload_interval_s)
         try:
             _wait_until_ready(handle, timeout_s, should_stop)
@@ -388,14 +388,9 @@ def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def _free_port(host: str) -> int:
-    bind_host = "127.0.0.1" if host.lower() == "localhost" else host.strip("[]")
-    with socket.socket(_family(bind_host), socket.SOCK_STREAM) as sock:
-        sock.bind((bind_host, 0))
-        return int(sock.getsockname()[1])
-
-
-def _require_free(host: str, port: int) -> int:
+def _bindable_port(host: str, port: int) -> int:
+    """`port` (for 0: a free one) once a socket could bind it on `host`; one-line ConfigError
+    if not (the port is taken, or `host` is no address of this machine)."""
     bind_host = "127.0.0.1" if host.lower() == "localhost" else host.strip("[]")
     with socket.socket(_family(bind_host), socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -404,9 +399,9 @@ def _require_free(host: str, port: int) -> int:
         except OSError as exc:
             raise ConfigError(
                 f"cannot bind TensorBoard to {host}:{port} ({exc.strerror}); pick another "
-                "--port (or 0 for any free one)"
+                "--port (or 0 for any free one), or a --host of this machine"
             ) from None
-    return port
+        return int(sock.getsockname()[1])
 
 
 def _url(host: str, port: int) -> str:

@@ -131,6 +131,14 @@ def test_refuses_bad_or_busy_port(logdir: Path) -> None:
             start_tensorboard(logdir, port=port)
 
 
+@pytest.mark.parametrize("port", [0, 6123])
+def test_refuses_a_host_that_is_no_address_of_this_machine(logdir: Path, port: int) -> None:
+    # 203.0.113.7 (TEST-NET-3) is never an address of this machine: one line, even for port 0
+    with pytest.raises(ConfigError, match="a --host of this machine") as info:
+        start_tensorboard(logdir, host="203.0.113.7", port=port, allow_remote=True)
+    assert "\n" not in str(info.value)
+
+
 # -- serve_forever in a child process ----------------------------------------------------
 
 
