@@ -1,5 +1,5 @@
-"""The sweep driver's side of Ray Tune: the status recorder, the failure-aware Optuna searcher,
-the tuner's assembly, warm start and starting Ray.
+"""The sweep driver's side of Ray Tune: the status recorder, the tuner's assembly (its
+searcher and scheduler come from hpsearch.searcher), warm start and starting Ray.
 
 Everything here runs in the `hpsearch sweep` / `hpsearch resume` process; the trials themselves
 run `hpsearch.worker.tune_trial`. Importing this module imports Ray Tune and Optuna.
@@ -19,16 +19,23 @@ from typing import Any
 import optuna
 from ray import tune
 from ray.tune import Callback
-from ray.tune.search.optuna import OptunaSearch
 
 from hpsearch.experiment import EXPERIMENT_FILE, JOURNAL, Experiment, journal_storage
+from hpsearch.searcher import (
+    FAILED,
+    FINISHED,
+    TIMED_OUT,
+    asha_scheduler,
+    resource_concurrency,
+    search_algorithm,
+    trial_ending,
+)
 from hpsearch.space import SearchSpace
 from hpsearch.worker import tune_trial
 from trainables.atomic import write_json_atomic
 from trainables.errors import ConfigError
 
 __all__ = [
-    "FailureAwareOptunaSearch",
     "StatusRecorder",
     "build_tuner",
     "init_ray",
@@ -43,7 +50,6 @@ _WORKER_DIED = (
     "ActorUnavailableError",
     "WorkerCrashedError",
 )
-_ASHA_MAX_T = 10_000  # evaluations; trials end on their own schedule long before
 
 
 class StatusRecorder(Callback):
@@ -89,25 +95,24 @@ class StatusRecorder(Callback):
         self, iteration: int, trials: list[Any], trial: Any, **info: Any
     ) -> None:
         last = trial.last_result or {}
-        if last.get("failed"):
-            self._write(trial, "failed", last.get("error"))
-        elif last.get("final"):
+        evaluations, step = last.get("training_iteration", 0), last.get("step")
+        ending = trial_ending(last, self.time_limit)
+        if ending == FINISHED:
             self._write(trial, "finished", None)
+        elif ending == FAILED:
+            self._write(trial, "failed", last.get("error") or "ended without a result")
+        elif ending == TIMED_OUT:
+            reason = (
+                f"time limit of {self.time_limit:g} s reached after {evaluations} evaluations "
+                f"(step {step})"
+            )
+            self._write(trial, "failed", reason)
         else:
-            evaluations, step = last.get("training_iteration", 0), last.get("step")
-            limit = self.time_limit
-            if limit and last.get("time_total_s", 0) >= limit:
-                reason = (
-                    f"time limit of {limit:g} s reached after {evaluations} evaluations "
-                    f"(step {step})"
-                )
-                self._write(trial, "failed", reason)
-            else:
-                self._write(
-                    trial,
-                    "stopped",
-                    f"stopped early by ASHA after {evaluations} evaluations (step {step})",
-                )
+            self._write(
+                trial,
+                "stopped",
+                f"stopped early by ASHA after {evaluations} evaluations (step {step})",
+            )
 
     def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._write(
@@ -127,37 +132,6 @@ class StatusRecorder(Callback):
 
 def _failures(trial: Any) -> int:
     return int(getattr(trial, "num_failures", 0) or 0)
-
-
-class FailureAwareOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells Optuna a failed trial failed (FAIL, never ranked), and that
-    lets a resumed sweep replay a trial the study already saw finish.
-
-    Plain OptunaSearch tells the last result's metric: a NaN (refused by Optuna, so the trial
-    stays RUNNING in the study forever) or, for a trial stopped at its time limit, a partial
-    score that Optuna would then rank among the best.
-    """
-
-    def __init__(self, *, time_limit: float | None, **optuna_search: Any) -> None:
-        super().__init__(**optuna_search)
-        self.time_limit = time_limit
-
-    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        try:
-            super().on_trial_result(trial_id, result)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass  # a resumed sweep replaying a trial whose end the study already holds
-
-    def on_trial_complete(
-        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
-    ) -> None:
-        limit = self.time_limit
-        if result and (
-            result.get("failed")
-            or (limit and not result.get("final") and result.get("time_total_s", 0) >= limit)
-        ):
-            result, error = None, True
-        super().on_trial_complete(trial_id, result=result, error=error)
 
 
 def error_line(trial: Any) -> str:
@@ -261,10 +235,9 @@ def build_tuner(experiment: Experiment, space: SearchSpace, restore: bool = Fals
     """The Tuner of the experiment: a new one, or (restore) Ray's saved one, resumed."""
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import ConcurrencyLimiter
 
     from hpsearch.hparams import HParamsRecorder
+    from hpsearch.progress import SweepProgress
 
     # No logger callbacks of Ray's own choosing (read when the tuner runs): its TensorBoard
     # logger would give each trial a second HParams session. CSV and JSON are passed below.
@@ -279,27 +252,16 @@ def build_tuner(experiment: Experiment, space: SearchSpace, restore: bool = Fals
         return tune.Tuner.restore(
             str(experiment.path), trainable=trainable, resume_unfinished=True, resume_errored=True
         )
-    searcher = FailureAwareOptunaSearch(
-        time_limit=settings.time_limit_per_trial,
-        space=space.define_by_run,
-        metric=space.metric,
-        mode=space.mode,
-        sampler=space.optuna_sampler(),
+    max_concurrent = settings.max_concurrent or space.max_concurrent
+    search_alg = search_algorithm(
+        space,
         storage=experiment.storage(),
         study_name=experiment.study_name,
+        time_limit=settings.time_limit_per_trial,
+        max_concurrent=max_concurrent,
+        concurrency=max_concurrent or resource_concurrency(settings),
     )
-    max_concurrent = settings.max_concurrent or space.max_concurrent
-    search_alg = ConcurrencyLimiter(searcher, max_concurrent) if max_concurrent else searcher
-    scheduler = None
-    if space.scheduler == "asha" and not space.multi_objective:
-        scheduler = ASHAScheduler(
-            time_attr="training_iteration",
-            metric=space.objectives[0].metric,
-            mode=space.objectives[0].mode,
-            max_t=_ASHA_MAX_T,
-            grace_period=space.asha_grace_period,
-            reduction_factor=space.asha_reduction_factor,
-        )
+    scheduler = asha_scheduler(space)
     limit = settings.time_limit_per_trial
     return tune.Tuner(
         trainable,
@@ -307,7 +269,11 @@ def build_tuner(experiment: Experiment, space: SearchSpace, restore: bool = Fals
             search_alg=search_alg,
             scheduler=scheduler,
             num_samples=experiment.total_trials,
-            reuse_actors=False,
+            # A trial's worker process runs the next trial too (no process start, no imports,
+            # warm caches); each trial resets what it set up (docs/BENCHMARKS.md, sweep
+            # overhead). Ray Train's workers are started per trial whatever this says, so a
+            # data-parallel sweep keeps a fresh process for its driving trials too.
+            reuse_actors=not settings.data_parallel,
             trial_dirname_creator=_trial_dirname,
         ),
         run_config=RunConfig(
@@ -320,6 +286,7 @@ def build_tuner(experiment: Experiment, space: SearchSpace, restore: bool = Fals
                 *ray_loggers,
                 StatusRecorder(experiment, space),
                 HParamsRecorder(experiment, space),  # after StatusRecorder: it reads the record
+                SweepProgress(experiment, space),  # the terminal's line; reads the record too
             ],
             verbose=1,
         ),
@@ -327,8 +294,14 @@ def build_tuner(experiment: Experiment, space: SearchSpace, restore: bool = Fals
 
 
 # ---------------------------------------------------------------------------- warm start
+WARM_START_FROM = "warm_start_from"  # the user attribute naming a copied trial's experiment
+
+
 def load_warm_start(source: str, space: SearchSpace) -> list[optuna.trial.FrozenTrial]:
-    """The finished Optuna trials of an earlier experiment, checked against this space."""
+    """The ended Optuna trials of an earlier experiment, checked against this space: COMPLETE
+    ones with their values, PRUNED ones (stopped by ASHA) with their intermediate values, as
+    TPE would see them in the earlier study; FAIL and RUNNING ones teach the sampler nothing.
+    Each copy names its experiment (user attribute "warm_start_from")."""
     folder = Path(source).expanduser().resolve()
     if not (folder / EXPERIMENT_FILE).is_file() or not (folder / JOURNAL).is_file():
         raise ConfigError(
@@ -344,7 +317,13 @@ def load_warm_start(source: str, space: SearchSpace) -> list[optuna.trial.Frozen
             f"this space's ({', '.join(space.directions)}); warm-start from a "
             "sweep with the same objectives"
         )
-    return study.get_trials(deepcopy=True, states=(optuna.trial.TrialState.COMPLETE,))
+    ended = study.get_trials(
+        deepcopy=True,
+        states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED),
+    )
+    for trial in ended:
+        trial.set_user_attr(WARM_START_FROM, folder.name)
+    return ended
 
 
 def seed_study(

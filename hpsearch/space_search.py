@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpsearch.space import METRICS, NATURAL_MODE, Objective, Param, is_int
 from hpsearch.space_params import Fail, did_you_mean, failure
+
+if TYPE_CHECKING:
+    import optuna
 
 __all__ = [
     "ASHA_KEYS",
@@ -20,6 +23,9 @@ __all__ = [
     "SEARCH_KEYS",
     "SearchSection",
     "parse_search_section",
+    "serial_startup_trials",
+    "tpe_sampler",
+    "tpe_startup_trials",
 ]
 
 SAMPLERS = ("tpe", "random", "grid", "nsga2")
@@ -195,4 +201,38 @@ def _objective(fail: Fail, where: str, metric: Any, mode: Any) -> Objective:
     return Objective(metric=metric, mode=mode)
 
 
-# whole-space checks ------------------------------------------------------------------
+# TPE under parallel trials -----------------------------------------------------------
+def serial_startup_trials(num_samples: int) -> int:
+    """Random start-up trials of a TPE search that runs one trial at a time: a third of the
+    budget, at least 2 and at most Optuna's default of 10, so that small budgets still get
+    model-based suggestions."""
+    return min(10, max(2, num_samples // 3))
+
+
+def tpe_startup_trials(num_samples: int, concurrency: int) -> int:
+    """TPE's `n_startup_trials` when up to `concurrency` trials run at once (docs/SEARCH_SPACES.md,
+    "Parallel search"): the serial count, and at least twice the concurrency.
+
+    Optuna counts only ended trials (COMPLETE or PRUNED) towards the start-up, so N trials at
+    once already make N - 1 more trials random; the first model-based suggestion then sees the
+    ended trials and N - 1 running ones, which the constant liar adds to the "bad" group at
+    points that were themselves drawn at random. At least 2N ended trials keeps the real
+    observations ahead of those stand-ins (more than twice as many) when the model starts.
+    """
+    serial = serial_startup_trials(num_samples)
+    return serial if concurrency <= 1 else max(serial, 2 * concurrency)
+
+
+def tpe_sampler(seed: int, num_samples: int, concurrency: int = 1) -> optuna.samplers.TPESampler:
+    """The seeded TPE sampler of a search of `num_samples` trials, `concurrency` at a time.
+
+    The constant liar (a running trial counts as a bad result) keeps trials that run at the
+    same time from being suggested the same point.
+    """
+    import optuna
+
+    return optuna.samplers.TPESampler(
+        seed=seed,
+        n_startup_trials=tpe_startup_trials(num_samples, concurrency),
+        constant_liar=True,
+    )

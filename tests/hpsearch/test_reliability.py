@@ -864,3 +864,137 @@ def test_driver_sigkilled_during_a_trial_then_resumed(tmp_path, ray_session):
     )
     _check_resumed(exp, before, 2)
     assert "2 finished" in out, out[-3000:]
+
+
+# ============================================================================ study states
+# The Optuna study holds each trial's real state (hpsearch.searcher): a trial ASHA stopped is
+# PRUNED with its intermediate values, a finished one COMPLETE, a failed one FAIL, before a
+# driver kill and after `hpsearch resume`. Two variants over seeds 0 and 1, one trial at a
+# time: "slow" (lr 1e-6, its dev_overall stays at the initial model's, about 0.40) and "fast"
+# (lr 3e-3, about 0.34 at its second evaluation on the tiny model and synthetic data); seed 1
+# diverges (a NaN loss at step 6, after its first evaluation). ASHA's first rung is the second
+# evaluation, so "fast" seed 0 is stopped there when "slow" seed 0 ran before it. The grid's
+# order is the sampler's, fixed by search.seed: the test picks a seed for which slow-0 runs
+# first and fast-0 is not last, so the driver can be killed while a later trial runs.
+STATE_OF = {"finished": "COMPLETE", "stopped": "PRUNED", "failed": "FAIL"}
+
+
+def _states_space(tmp_path: Path, name: str) -> Path:
+    doc = yaml.safe_load((REPO / "search_spaces" / "smoke.yaml").read_text())
+    doc["name"] = name
+    doc["base"]["train.epochs"] = 2  # evaluations at steps 4, 8, 12 and 16 (the final one)
+    doc["parameters"] = {}
+    doc["variants"] = {"slow": {"train.lr": 1.0e-6}, "fast": {"train.lr": 3.0e-3}}
+    doc["seeds"] = [0, 1]
+    doc["search"] = {"sampler": "grid", "scheduler": "asha", "max_concurrent": 1,
+                     "asha": {"grace_period": 2, "reduction_factor": 2}}  # fmt: skip
+    for seed in range(100):
+        doc["search"]["seed"] = seed
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        space = load_search_space(path)
+        study = optuna.create_study(sampler=space.optuna_sampler(), direction="maximize")
+        order = []
+        for _ in range(4):  # one at a time, as under max_concurrent 1
+            trial = study.ask()
+            config = space.define_by_run(trial)
+            order.append((config["variant"], config["train.seed"]))
+            study.tell(trial, 0.0)
+        if order.index(("slow", 0)) < order.index(("fast", 0)) < 3:
+            return path
+    raise AssertionError("no search.seed in 0-99 runs slow-0 before fast-0")
+
+
+def _by_trial_id(exp: Path) -> dict[str, dict]:
+    paths = sorted((exp / "trials").glob("*.json")) if (exp / "trials").is_dir() else []
+    return {p.stem: json.loads(p.read_text()) for p in paths}
+
+
+def _records_by_point(exp: Path) -> dict[tuple[str, int], dict]:
+    """Trial records by (variant, seed), leaving out those closed as abandoned."""
+    out = {}
+    for rec in _by_trial_id(exp).values():
+        if rec["status"] == "failed" and rec["reason"] == experiment_mod.ABANDONED:
+            continue
+        out[(rec["variant"], rec["config"]["train.seed"])] = rec
+    return out
+
+
+def _check_study_states(exp: Path, recs: dict[tuple[str, int], dict]) -> dict[str, dict]:
+    """Each record's Optuna trial (found by its user attribute ray_trial_id) in the state its
+    record says, with one intermediate value per evaluation (step 1, 2, ...; the value the
+    trial wrote to metrics.jsonl) and, when finished, its final value."""
+    trials = {t.user_attrs["ray_trial_id"]: t for t in _study(exp).trials}
+    seen = {}
+    for rec in recs.values():
+        trial = trials[rec["trial_id"]]
+        assert trial.state.name == STATE_OF[rec["status"]], (rec, trial)
+        lines = (exp / rec["trial_dir"] / "metrics.jsonl").read_text().splitlines()
+        curve = [json.loads(x)["dev_overall"] for x in lines]
+        n = len(trial.intermediate_values)
+        assert list(trial.intermediate_values) == list(range(1, n + 1)), trial
+        assert list(trial.intermediate_values.values()) == pytest.approx(curve[:n])
+        if rec["status"] == "finished":
+            summary = json.loads((exp / rec["trial_dir"] / "summary.json").read_text())
+            assert n == len(curve) == rec["evaluations"]
+            assert trial.value == pytest.approx(summary["dev_overall"])
+        elif rec["status"] == "stopped":  # ASHA's evaluation is the last intermediate value
+            assert n == rec["evaluations"] >= 1
+            assert trial.value == pytest.approx(curve[n - 1])
+        else:
+            assert trial.value is None
+        seen[rec["trial_id"]] = {
+            "state": trial.state.name,
+            "value": trial.value,
+            "intermediate": dict(trial.intermediate_values),
+        }
+    return seen
+
+
+def test_study_states_after_a_driver_kill_and_resume(tmp_path, ray_session):
+    space = _states_space(tmp_path, "states")
+    exp = tmp_path / "states"
+    nan = "nan_at_step:6@seed=1"
+    driver = ray_session.start(_sweep_args(space, tmp_path), tmp_path / "sweep.log",
+                               HPSEARCH_FAULT=nan)  # fmt: skip
+
+    def slow_and_fast_ended_and_a_later_trial_started() -> bool:
+        recs = _by_trial_id(exp)
+        points = {(r["variant"], r["config"]["train.seed"]): r["status"] for r in recs.values()}
+        ended = points.get(("slow", 0)) in STATE_OF and points.get(("fast", 0)) in STATE_OF
+        return ended and len(points) >= 3
+
+    _wait_for(slow_and_fast_ended_and_a_later_trial_started, 900, "slow-0 and fast-0", driver)
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait(timeout=60)
+    ray_session.kill_all()
+    before = _records_by_point(exp)
+    assert before[("slow", 0)]["status"] == "finished", before
+    assert before[("fast", 0)]["status"] == "stopped", before  # by ASHA, at its second rung
+    ended = {k: r for k, r in before.items() if r["status"] in STATE_OF}
+    states_before = _check_study_states(exp, ended)
+
+    out = ray_session.run(["resume", str(exp), "--num-cpus", "2", "--no-report"],
+                          tmp_path / "resume.log", 900, HPSEARCH_FAULT=nan)  # fmt: skip
+    recs = _records_by_point(exp)
+    assert {k: r["status"] for k, r in recs.items()} == {
+        ("slow", 0): "finished",
+        ("fast", 0): "stopped",
+        ("slow", 1): "failed",
+        ("fast", 1): "failed",
+    }, out[-3000:]
+    states = _check_study_states(exp, recs)
+    for trial_id, state in states_before.items():  # what the study held before, kept as it was
+        assert states[trial_id] == state
+    pruned = states[recs[("fast", 0)]["trial_id"]]
+    assert sorted(pruned["intermediate"]) == [1, 2]  # stopped at ASHA's first rung
+    for seed1 in (("slow", 1), ("fast", 1)):  # its one evaluation before the NaN
+        assert sorted(states[recs[seed1]["trial_id"]]["intermediate"]) == [1]
+    # What the killed driver left open never stays RUNNING: a trial it had started (its record
+    # closed as abandoned), or one it had asked Optuna for but not started (no record), is FAIL.
+    study = _study(exp)
+    assert [t for t in study.trials if t.state.name == "RUNNING"] == []
+    kept = {r["trial_id"] for r in recs.values()}
+    for trial in study.trials:
+        if trial.user_attrs["ray_trial_id"] not in kept:
+            assert trial.state.name == "FAIL", trial

@@ -71,6 +71,22 @@ def test_tpe_sweep_with_asha_every_parameter_kind(tmp_path, cli, records):
     assert {round(r["config"]["train.lr"], 12) for r in recs.values()} == {
         round(t.params["train.lr"], 12) for t in by_number.values()
     }
+    # each trial in its real state: ASHA's stopped ones PRUNED with the evaluations they made,
+    # finished ones COMPLETE with their final score; every evaluation an intermediate value
+    by_ray_id = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
+    assert set(by_ray_id) == set(recs)
+    for tid, rec in recs.items():
+        trial = by_ray_id[tid]
+        assert trial.params["train.lr"] == pytest.approx(rec["config"]["train.lr"])
+        lines = (exp / rec["trial_dir"] / "metrics.jsonl").read_text().splitlines()
+        curve = [json.loads(x)["dev_overall"] for x in lines][: rec["evaluations"]]
+        assert trial.intermediate_values == pytest.approx(dict(enumerate(curve, start=1)))
+        if rec["status"] == "finished":
+            assert trial.state.name == "COMPLETE"
+            summary = json.loads((exp / rec["trial_dir"] / "summary.json").read_text())
+            assert trial.value == pytest.approx(summary["dev_overall"])
+        else:
+            assert trial.state.name == "PRUNED" and trial.value == pytest.approx(curve[-1])
 
 
 def test_multi_objective_sweep_uses_nsga2(tmp_path, cli, records):

@@ -1,0 +1,198 @@
+"""The sweep's searcher on real Optuna studies, driven the way Ray Tune 2.60's TuneController
+drives it (hpsearch.searcher; the real sweeps are in test_study_states.py).
+
+TuneController hands a searcher each result through `on_trial_result`, except the one on which
+the scheduler (or a stopper, or the end of the trial's function) stops the trial: that one goes
+to `on_trial_complete(result=...)` only. A failed trial gets `on_trial_complete(error=True)`.
+The calls below follow that order; the searcher, the sampler and the study are the real ones.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from hpsearch.experiment import journal_storage
+from hpsearch.searcher import (
+    RAY_TRIAL_ID,
+    FailureAwareOptunaSearch,
+    search_algorithm,
+    trial_ending,
+)
+from hpsearch.space_parser import load_search_space
+from hpsearch.space_search import serial_startup_trials, tpe_startup_trials
+from hpsearch.worker import failed_result
+
+REPO = Path(__file__).resolve().parents[2]
+SMOKE = REPO / "search_spaces" / "smoke.yaml"
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _searcher(storage: Any = None, time_limit: float | None = None) -> Any:
+    space = load_search_space(SMOKE, overrides={"search.num_samples": 8})
+    return search_algorithm(
+        space,
+        storage=storage,
+        study_name="states",
+        time_limit=time_limit,
+        max_concurrent=None,
+        concurrency=1,
+    )
+
+
+def _result(iteration: int, dev: float, **extra: Any) -> dict[str, Any]:
+    """A flattened Tune result as the searcher gets it."""
+    return {"training_iteration": iteration, "dev_overall": dev, "time_total_s": 1.0 * iteration,
+            "step": 4 * iteration, **extra}  # fmt: skip
+
+
+def _by_ray_id(study: optuna.Study) -> dict[str, optuna.trial.FrozenTrial]:
+    return {t.user_attrs[RAY_TRIAL_ID]: t for t in study.get_trials(deepcopy=False)}
+
+
+def test_each_trial_ends_in_the_state_it_really_has(tmp_path: Path) -> None:
+    searcher = _searcher(journal_storage(tmp_path / "optuna.journal"), time_limit=30.0)
+    for trial_id in "abcdefg":
+        assert isinstance(searcher.suggest(trial_id), dict)
+    # a: three evaluations, the third the final one (Tune stops it on its "done")
+    searcher.on_trial_result("a", _result(1, 0.30))
+    searcher.on_trial_result("a", _result(2, 0.40))
+    searcher.on_trial_result("a", _result(3, 0.50, final=True))
+    searcher.on_trial_complete("a", result=_result(3, 0.50, final=True))
+    # b: ASHA stops it on its second evaluation (that result never reaches on_trial_result)
+    searcher.on_trial_result("b", _result(1, 0.35))
+    searcher.on_trial_complete("b", result=_result(2, 0.20))
+    # c: stopped on its very first evaluation
+    searcher.on_trial_complete("c", result=_result(1, 0.10))
+    # d: a NaN loss (the trial reports hpsearch.worker.failed_result and ends)
+    searcher.on_trial_result("d", _result(1, 0.25))
+    searcher.on_trial_result("d", {**_result(2, math.nan), **failed_result("nan")})
+    searcher.on_trial_complete("d", result={**_result(2, math.nan), **failed_result("nan")})
+    # e: its worker died for good
+    searcher.on_trial_result("e", _result(1, 0.33))
+    searcher.on_trial_complete("e", error=True)
+    # f: past its 30 s time limit (Tune's stopper ended it)
+    searcher.on_trial_result("f", _result(1, 0.45))
+    searcher.on_trial_complete("f", result=_result(2, 0.46, time_total_s=31.0))
+    # g: finished, and ASHA's decision on the final result was to stop it
+    searcher.on_trial_result("g", _result(1, 0.31))
+    searcher.on_trial_complete("g", result=_result(2, 0.41, final=True))
+
+    # reopened with plain Optuna, as optuna-dashboard or a report would
+    study = optuna.load_study(study_name="states", storage=journal_storage(tmp_path / "optuna.journal"))  # fmt: skip
+    trials = _by_ray_id(study)
+    got = {tid: (t.state, t.value, t.intermediate_values) for tid, t in trials.items()}
+    assert got == {
+        "a": (TrialState.COMPLETE, 0.50, {1: 0.30, 2: 0.40, 3: 0.50}),
+        "b": (TrialState.PRUNED, 0.20, {1: 0.35, 2: 0.20}),
+        "c": (TrialState.PRUNED, 0.10, {1: 0.10}),
+        "d": (TrialState.FAIL, None, {1: 0.25}),
+        "e": (TrialState.FAIL, None, {1: 0.33}),
+        "f": (TrialState.FAIL, None, {1: 0.45}),
+        "g": (TrialState.COMPLETE, 0.41, {1: 0.31, 2: 0.41}),
+    }
+    assert study.best_trial.user_attrs[RAY_TRIAL_ID] == "a"  # a pruned score is never "best"
+
+
+def test_a_resumed_searcher_replaying_ended_trials_changes_nothing(tmp_path: Path) -> None:
+    """Ray saves the searcher's state every few seconds; a driver killed after the study heard
+    of a trial's end but before that save replays the trial from the older state."""
+    journal = tmp_path / "optuna.journal"
+    searcher = _searcher(journal_storage(journal))
+    searcher.suggest("a"), searcher.suggest("b")
+    searcher.on_trial_result("a", _result(1, 0.30))
+    searcher.on_trial_result("b", _result(1, 0.20))
+    saved = tmp_path / "searcher.pkl"
+    searcher.save(str(saved))  # what Tune restores on `hpsearch resume`
+    searcher.on_trial_result("a", _result(2, 0.50, final=True))
+    searcher.on_trial_complete("a", result=_result(2, 0.50, final=True))
+    searcher.on_trial_complete("b", result=_result(2, 0.10))  # pruned
+
+    resumed = _searcher(journal_storage(journal))
+    resumed.restore(str(saved))
+    # a's run folder holds its summary: the trial reports it again and ends (hpsearch.worker)
+    resumed.on_trial_result("a", _result(2, 0.50, final=True))
+    resumed.on_trial_complete("a", result=_result(2, 0.50, final=True))
+    resumed.on_trial_result("b", _result(2, 0.10))
+    resumed.on_trial_complete("b", result=_result(3, 0.12))
+    resumed.suggest("c")
+    resumed.on_trial_complete("c", result=_result(1, 0.40, final=True))
+    study = optuna.load_study(study_name="states", storage=journal_storage(journal))
+    got = {tid: (t.state, t.value, t.intermediate_values) for tid, t in _by_ray_id(study).items()}
+    assert got == {
+        "a": (TrialState.COMPLETE, 0.50, {1: 0.30, 2: 0.50}),
+        "b": (TrialState.PRUNED, 0.10, {1: 0.20, 2: 0.10}),
+        "c": (TrialState.COMPLETE, 0.40, {1: 0.40}),
+    }
+
+
+def test_multi_objective_trials_complete_with_every_value(tmp_path: Path) -> None:
+    doc = yaml.safe_load(SMOKE.read_text())
+    doc["search"] = {
+        "sampler": "nsga2",
+        "num_samples": 4,
+        "scheduler": "none",
+        "objectives": [{"metric": "dev_sts_r", "mode": "max"}, {"metric": "dev_sst_acc", "mode": "max"}],
+    }  # fmt: skip
+    path = tmp_path / "moo.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    searcher = search_algorithm(load_search_space(path), storage=None, study_name="moo",
+                                time_limit=None, max_concurrent=None, concurrency=1)  # fmt: skip
+    assert isinstance(searcher, FailureAwareOptunaSearch)
+    searcher.suggest("a"), searcher.suggest("b")
+    scores = {"dev_sts_r": 0.2, "dev_sst_acc": 0.4}
+    searcher.on_trial_result("a", {"training_iteration": 1, **scores})  # no intermediate values
+    searcher.on_trial_complete("a", result={"training_iteration": 2, "final": True, **scores})
+    searcher.on_trial_complete("b", result=failed_result("nan"))
+    trials = _by_ray_id(searcher._ot_study)
+    assert trials["a"].state == TrialState.COMPLETE and trials["a"].values == [0.2, 0.4]
+    assert trials["a"].intermediate_values == {}
+    assert trials["b"].state == TrialState.FAIL
+
+
+def test_how_a_trial_ended_is_read_from_its_last_result() -> None:
+    assert trial_ending(_result(3, 0.5, final=True), None) == "finished"
+    assert trial_ending(_result(2, 0.5), None) == "stopped"
+    assert trial_ending(_result(2, 0.5), 1.5) == "timed_out"
+    assert trial_ending(_result(2, 0.5, final=True), 1.5) == "finished"
+    assert trial_ending(failed_result("nan"), None) == "failed"
+    assert trial_ending({}, None) == trial_ending(None, None) == "failed"
+
+
+@pytest.mark.parametrize(
+    ("num_samples", "concurrency", "startup"),
+    [(48, 1, 10), (48, 2, 10), (48, 8, 16), (12, 1, 4), (12, 4, 8), (4, 2, 4), (4, 1, 2)],
+)
+def test_tpe_start_up_grows_with_the_trials_running_at_once(
+    num_samples: int, concurrency: int, startup: int
+) -> None:
+    assert serial_startup_trials(num_samples) == tpe_startup_trials(num_samples, 1)
+    assert tpe_startup_trials(num_samples, concurrency) == startup
+    space = load_search_space(SMOKE, overrides={"search.num_samples": num_samples})
+    limiter = search_algorithm(space, storage=None, study_name="tpe", time_limit=None,
+                               max_concurrent=concurrency, concurrency=concurrency)  # fmt: skip
+    sampler = limiter.searcher._sampler
+    assert isinstance(sampler, optuna.samplers.TPESampler)
+    assert sampler._n_startup_trials == startup and sampler._constant_liar is True
+
+
+def test_ray_keeps_max_concurrent_trials_pending_for_our_searcher() -> None:
+    """ray-project/ray#46965: Tune used to hold a custom searcher to one pending trial, so
+    trials started one after another. Ray 2.60 lets a ConcurrencyLimiter's searcher have as
+    many pending as it allows (ray-project/ray#63770); the limiter holds the rest back."""
+    from ray.tune.execution.tune_controller import _get_max_pending_trials
+    from ray.tune.search import SearchGenerator
+
+    space = load_search_space(SMOKE, overrides={"search.num_samples": 8})
+    limiter = search_algorithm(space, storage=None, study_name="p", time_limit=None,
+                               max_concurrent=3, concurrency=3)  # fmt: skip
+    assert _get_max_pending_trials(SearchGenerator(limiter)) == 3
+    assert [isinstance(limiter.suggest(t), dict) for t in "abcd"] == [True, True, True, False]
+    limiter.on_trial_complete("a", result=_result(1, 0.3))
+    assert isinstance(limiter.suggest("d"), dict)
