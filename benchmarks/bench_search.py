@@ -192,7 +192,7 @@ class Meter:
     evals: int = 0
     hit_seconds: float | None = None
     hit_evals: int | None = None
-    finals: list[tuple[float, float]] = field(default_factory=list)  # (seconds, final value)
+    finals: list[tuple[float, int, float]] = field(default_factory=list)  # seconds, evals, value
     trials: int = 0
     stopped_early: int = 0
     last_seconds: dict[str, float] = field(default_factory=dict)
@@ -206,7 +206,7 @@ class Meter:
         self.last_index[trial_id] = result["eval_index"]
         if result["eval_index"] == self.evals_per_trial:
             value = result["dev_overall"]
-            self.finals.append((self.seconds, value))
+            self.finals.append((self.seconds, self.evals, value))
             if self.hit_seconds is None and value >= self.target:
                 self.hit_seconds, self.hit_evals = self.seconds, self.evals
 
@@ -216,13 +216,36 @@ class Meter:
             self.stopped_early += 1
 
     def done(self) -> bool:
-        spent = self.seconds / self.grid_seconds
+        """The whole grid's compute spent, or the best found and half the grid's spent (in
+        both measures, seconds and evaluations)."""
+        spent = min(self.seconds / self.grid_seconds, self.evals / self.grid_evals)
         return spent >= 1.0 or (self.hit_seconds is not None and spent >= max(BUDGETS))
 
-    def best_by(self, fraction: float) -> float | None:
-        limit = fraction * self.grid_seconds
-        found = [value for seconds, value in self.finals if seconds <= limit]
+    def best_by(self, fraction: float, measure: str) -> float | None:
+        """The best final dev_overall of the trials finished within `fraction` of the grid's
+        compute, counted in `measure` ("seconds" or "evals"); None if none finished by then."""
+        if measure == "seconds":
+            found = [v for s, _, v in self.finals if s <= fraction * self.grid_seconds]
+        else:
+            found = [v for _, e, v in self.finals if e <= fraction * self.grid_evals]
         return max(found) if found else None
+
+    def outcome(self) -> dict[str, Any]:
+        """The search's figures, as fractions of the grid's compute in both measures."""
+        return {
+            "hit_fraction": None
+            if self.hit_seconds is None
+            else self.hit_seconds / self.grid_seconds,
+            "hit_evals_fraction": None
+            if self.hit_evals is None
+            else self.hit_evals / self.grid_evals,
+            **{f"best_at_{int(b * 100)}": self.best_by(b, "seconds") for b in BUDGETS},
+            **{f"best_at_{int(b * 100)}_evals": self.best_by(b, "evals") for b in BUDGETS},
+            "trials": self.trials,
+            "stopped_early": self.stopped_early,
+            "spent_fraction": self.seconds / self.grid_seconds,
+            "spent_evals_fraction": self.evals / self.grid_evals,
+        }
 
 
 def _replay_trial(
@@ -351,19 +374,7 @@ def replay_one(
         ),
     )
     tuner.fit()
-    return {
-        "hit_fraction": None
-        if meter.hit_seconds is None
-        else meter.hit_seconds / meter.grid_seconds,
-        "hit_evals_fraction": None
-        if meter.hit_evals is None
-        else meter.hit_evals / meter.grid_evals,
-        **{f"best_at_{int(b * 100)}": meter.best_by(b) for b in BUDGETS},
-        "trials": meter.trials,
-        "stopped_early": meter.stopped_early,
-        "spent_fraction": meter.seconds / meter.grid_seconds,
-        "wall_s": round(time.monotonic() - started, 2),
-    }
+    return {**meter.outcome(), "wall_s": round(time.monotonic() - started, 2)}
 
 
 @dataclass
@@ -473,19 +484,7 @@ def simulate_one(
         running -= 1
         while running < concurrency and launch(clock):
             running += 1
-    return {
-        "hit_fraction": None
-        if meter.hit_seconds is None
-        else meter.hit_seconds / meter.grid_seconds,
-        "hit_evals_fraction": None
-        if meter.hit_evals is None
-        else meter.hit_evals / meter.grid_evals,
-        **{f"best_at_{int(b * 100)}": meter.best_by(b) for b in BUDGETS},
-        "trials": meter.trials,
-        "stopped_early": meter.stopped_early,
-        "spent_fraction": meter.seconds / meter.grid_seconds,
-        "wall_s": None,
-    }
+    return {**meter.outcome(), "wall_s": None}
 
 
 def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
@@ -501,27 +500,31 @@ def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
     return at(0.25), at(0.5), at(0.75)
 
 
-def summarize(runs: list[dict[str, Any]], best: float) -> list[dict[str, Any]]:
-    """Median and quartiles per (strategy, concurrency); a miss counts as the whole grid."""
+def summarize(runs: list[dict[str, Any]], best: float, measure: str) -> list[dict[str, Any]]:
+    """Median and quartiles per (strategy, concurrency) of the compute to reach the best, in
+    `measure` ("evals" or "seconds"); a miss counts as +inf."""
+    hit_key = "hit_evals_fraction" if measure == "evals" else "hit_fraction"
+    suffix = "_evals" if measure == "evals" else ""
     rows = []
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for run in runs:
         groups.setdefault((run["strategy"], run["concurrency"]), []).append(run)
     for (strategy, concurrency), group in sorted(groups.items()):
-        hits = [r["hit_fraction"] if r["hit_fraction"] is not None else math.inf for r in group]
-        q1, median, q3 = quartiles(sorted(hits))
+        hits = [r[hit_key] if r[hit_key] is not None else math.inf for r in group]
+        q1, median, q3 = quartiles(hits)
         row: dict[str, Any] = {
             "strategy": strategy,
             "concurrency": concurrency,
+            "measure": measure,
             "seeds": len(group),
-            "reached": sum(r["hit_fraction"] is not None for r in group),
+            "reached": sum(r[hit_key] is not None for r in group),
             "compute_to_best_q1": q1,
             "compute_to_best_median": median,
             "compute_to_best_q3": q3,
         }
         for budget in BUDGETS:
-            name = f"best_at_{int(budget * 100)}"
-            gaps = sorted(best - r[name] if r[name] is not None else math.inf for r in group)
+            name = f"best_at_{int(budget * 100)}{suffix}"
+            gaps = [best - r[name] if r[name] is not None else math.inf for r in group]
             row[f"gap_at_{int(budget * 100)}_median"] = quartiles(gaps)[1]
         rows.append(row)
     return rows
@@ -533,9 +536,11 @@ def _fmt(value: float) -> str:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
+    measure = rows[0]["measure"] if rows else "evals"
+    unit = "evaluations" if measure == "evals" else "seconds"
     lines = [
-        "| strategy | concurrency | reached | compute to best: q1 / median / q3 (fraction of grid) "
-        "| gap to best at 10% / 25% / 50% (median) |",
+        f"| strategy | concurrency | reached | compute to best, in {unit}: q1 / median / q3 "
+        "(fraction of the grid's) | gap to the best at 10% / 25% / 50% of the grid (median) |",
         "|---|---|---|---|---|",
     ]
     for r in rows:
@@ -624,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if args.engine == "tune":
             ray.shutdown()
-    rows = summarize(runs, best)
+    by_measure = {measure: summarize(runs, best, measure) for measure in ("evals", "seconds")}
     report = {
         "table": str(args.table),
         "configurations": len(curves),
@@ -633,12 +638,13 @@ def main(argv: list[str] | None = None) -> int:
         "engine": args.engine,
         "time_scale": args.time_scale if args.engine == "tune" else None,
         "wall_s": round(time.monotonic() - started, 1),
-        "summary": rows,
+        "summary": by_measure,
         "runs": runs,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(markdown(rows))
+    for rows in by_measure.values():
+        print(markdown(rows))
     print(f"-> {args.out} ({report['wall_s']} s)")
     return 0
 
