@@ -27,7 +27,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -86,7 +86,7 @@ def run_sweep(space_path: str | Path, settings: SweepSettings | None = None) -> 
         print(
             f"warm start: {len(earlier)} finished trials of {settings.warm_start} seed the sampler"
         )
-    _fit(driver.build_tuner(experiment, space), experiment)
+    _fit(lambda: driver.build_tuner(experiment, space), experiment)
     if settings.report:
         _report(experiment)
     return experiment.path
@@ -119,18 +119,27 @@ def resume_sweep(
     from hpsearch import driver
 
     driver.init_ray(address, num_cpus)
-    _fit(driver.build_tuner(experiment, space, restore=True), experiment)
+    _fit(lambda: driver.build_tuner(experiment, space, restore=True), experiment)
     if report:
         _report(experiment)
     return experiment.path
 
 
-def _fit(tuner: Any, experiment: Experiment) -> None:
-    """Run the tuner, record the fit's span, close what a killed driver left, and say so.
-    Ctrl-C: SweepInterrupted, once Ray has saved what it could (nothing reconciled)."""
+def _fit(make_tuner: Callable[[], Any], experiment: Experiment) -> None:
+    """Build and run the tuner, record the fit's span, close what a killed driver left, and
+    say so. Ctrl-C: SweepInterrupted, once Ray has saved what it could (nothing reconciled).
+
+    Meanwhile the terminal shows one progress line (`hpsearch.progress`); what Ray and the
+    trials print goes to EXP_DIR/driver.log."""
+    from hpsearch import progress  # Ray Tune, as the driver
+
+    log_path = experiment.path / progress.DRIVER_LOG
+    print(f"Ray's output: {log_path}", flush=True)
     t0, started_at = time.perf_counter(), time.time()
-    with _ctrl_c_stops_tune() as interrupt:
+    with progress.quiet_console(log_path), _ctrl_c_stops_tune() as interrupt:
         try:
+            tuner = make_tuner()
+            t0, started_at = time.perf_counter(), time.time()  # the fit's span, as before
             grid = tuner.fit()
         except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune's loop began
             interrupt.set()

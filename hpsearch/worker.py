@@ -16,8 +16,11 @@ limit ends a trial as failed at once, never retried and never ranked.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +36,29 @@ if TYPE_CHECKING:
     from trainables.minbert.config import TrialConfig
     from trainables.minbert.trainer import MultitaskTrainer
 
-__all__ = ["TrialRun", "TuneReporter", "finished_summary", "resume_point", "tune_trial"]
+__all__ = [
+    "RAY_POINTER",
+    "TrialRun",
+    "TuneReporter",
+    "finished_summary",
+    "pointed_checkpoint",
+    "resume_point",
+    "tune_trial",
+    "write_pointer",
+]
 
 # ray.tune.report / ray.train.report: (metrics, checkpoint=...) -> None
 ReportFn = Callable[..., None]
+
+# What a Ray checkpoint holds: a pointer to the run checkpoint, which is already on the
+# experiment's storage (every node sees it). Ray copies each reported checkpoint into its own
+# trial folder; a full copy was 300 MB per evaluation for MiniLM, read by nothing that the
+# run folder could not serve.
+RAY_POINTER = "run_checkpoint.json"
+# Seconds a reused worker waits for the previous trial's thread to end (its engine destroyed,
+# its files closed) before Ray gives the process up; Ray's default, 2 s, is short for a
+# trial stopped mid-training on a loaded machine.
+THREAD_END_TIMEOUT_S = "60"
 
 
 @dataclass(frozen=True)
@@ -86,11 +108,15 @@ class TuneReporter(TrainerCallback):
 
         result = {k: v for k, v in metrics.items() if v is not None}
         result["node_id"] = _node_id()
-        ray_checkpoint = None
-        if checkpoint and self.rank == 0:
-            kind = TuneCheckpoint if self.in_tune else TrainCheckpoint
-            ray_checkpoint = kind.from_directory(str(checkpoint))
-        self.report_fn(result, checkpoint=ray_checkpoint)
+        if not (checkpoint and self.rank == 0):
+            self.report_fn(result, checkpoint=None)
+            return
+        kind = TuneCheckpoint if self.in_tune else TrainCheckpoint
+        # Ray copies what it is given into its own folder, during this call: a pointer to the
+        # run checkpoint, not the checkpoint's hundreds of MB (see RAY_POINTER).
+        with tempfile.TemporaryDirectory(prefix="hpsearch-ray-checkpoint-") as folder:
+            write_pointer(Path(folder), checkpoint)
+            self.report_fn(result, checkpoint=kind.from_directory(folder))
 
 
 def _node_id() -> str:
@@ -141,20 +167,63 @@ def finished_summary(run_dir: Path) -> dict[str, Any] | None:
     return None
 
 
+def write_pointer(folder: Path, checkpoint: Path) -> Path:
+    """Write into `folder` the Ray checkpoint that stands for the sealed run checkpoint
+    `checkpoint` (RUN/checkpoints/step-N): its name and its manifest's digest."""
+    manifest = (checkpoint / "MANIFEST.json").read_bytes()
+    pointer = {
+        "format": 1,
+        "checkpoint": checkpoint.name,
+        "manifest_sha256": hashlib.sha256(manifest).hexdigest(),
+    }
+    write_json_atomic(folder / RAY_POINTER, pointer)
+    return folder / RAY_POINTER
+
+
+def pointed_checkpoint(ray_checkpoint: Path, run_dir: Path) -> tuple[Path | None, str | None]:
+    """The run checkpoint a Ray checkpoint stands for, or (None, why not).
+
+    A Ray checkpoint holding RAY_POINTER names a checkpoint of the trial's own run folder,
+    which must still be there with the same manifest. One without it (as earlier versions
+    reported) is a full copy and stands for itself.
+    """
+    path = ray_checkpoint / RAY_POINTER
+    if not path.is_file():
+        return ray_checkpoint, None
+    try:
+        pointer = json.loads(path.read_text())
+        name, digest = str(pointer["checkpoint"]), str(pointer["manifest_sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, f"{RAY_POINTER} in Ray's checkpoint is unreadable"
+    if not re.fullmatch(r"step-\d{8}", name):
+        return None, f"{RAY_POINTER} names {name!r}, not a run checkpoint"
+    folder = run_dir / "checkpoints" / name
+    try:
+        manifest = (folder / "MANIFEST.json").read_bytes()
+    except OSError:
+        return None, f"{name} is no longer in the run folder"
+    if hashlib.sha256(manifest).hexdigest() != digest:
+        return None, f"{name} in the run folder is not the one Ray was given"
+    return folder, None
+
+
 def resume_point(ray_checkpoint: Path | None, run_dir: Path) -> tuple[Path | None, str]:
     """Where a (re)started trial continues from, and why.
 
-    Ray's checkpoint (the one reported with the trial's last result) when it is intact; else
-    the newest intact checkpoint in the trial's run folder; else the beginning. Every
-    checkpoint is checked against its MANIFEST.json checksums first.
+    The run checkpoint Ray's checkpoint (the one reported with the trial's last result)
+    points to, when it is intact; else the newest intact checkpoint in the trial's run
+    folder; else the beginning. Every checkpoint is checked against its MANIFEST.json
+    checksums first.
     """
     from trainables.minbert.run_checkpoint import find_checkpoint, verify_checkpoint
 
     problem = None
     if ray_checkpoint is not None:
-        problem = verify_checkpoint(ray_checkpoint)
-        if problem is None:
-            return ray_checkpoint, f"resuming from Ray's checkpoint {ray_checkpoint.name}"
+        target, problem = pointed_checkpoint(ray_checkpoint, run_dir)
+        if target is not None:
+            problem = verify_checkpoint(target)
+            if problem is None:
+                return target, f"resuming from Ray's checkpoint {target.name}"
     try:
         local = find_checkpoint(run_dir)
     except ConfigError:
@@ -169,6 +238,8 @@ def tune_trial(config: dict[str, Any], experiment: Experiment, space: SearchSpac
     """The Tune function trainable: resolve the sampled point, then train (or fan out)."""
     import ray.tune
 
+    # Read by Ray in this process when it hands it the next trial (reuse_actors).
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", THREAD_END_TIMEOUT_S)
     cfg = space.resolve(config, experiment.trial_overrides)
     trial_id = str(ray.tune.get_context().get_trial_id())
     run_dir = experiment.run_dir(trial_id)
