@@ -4,7 +4,9 @@
     table = importance_table(exp_dir, experiment)   # a reports.table.Table, possibly with
                                                     # only a note saying why it is empty
 
-The study is read from `EXP_DIR/optuna.journal` (Optuna's JournalStorage with a
+Only COMPLETE trials (trained to their end, with their final score) are ranked: a PRUNED trial
+(stopped early by ASHA) holds a partial score and a FAIL one none; the table's note says how
+many of each were left out. The study is read from `EXP_DIR/optuna.journal` (Optuna's JournalStorage with a
 JournalFileBackend) through a private copy of the file, so a sweep that is still writing is
 never locked or touched. Optuna 5 defaults `get_param_importances` to PED-ANOVA; the report
 asks for fANOVA (`FanovaImportanceEvaluator`, seeded) explicitly.
@@ -82,7 +84,8 @@ def param_importances(
     done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     if len(done) < 2:
         return pd.DataFrame(), (
-            f"only {len(done)} completed trial(s) in the Optuna study: importances need at least 2"
+            f"only {len(done)} completed trial(s) in the Optuna study{_left_out(study)}: "
+            "importances need at least 2"
         )
     common = set.intersection(*(set(t.params) for t in done))
     varied = sorted(p for p in common if len({repr(t.params[p]) for t in done}) > 1)
@@ -121,11 +124,11 @@ def importance_table(exp_dir: Path, experiment: dict[str, Any], seed: int = 0) -
         display = pd.DataFrame()
         data = pd.DataFrame(columns=["parameter"])
     else:
-        n_done = _completed(study)
+        n_done = _count(study, "COMPLETE")
         notes.append(
-            f"fANOVA (optuna FanovaImportanceEvaluator, seed {seed}) over {n_done} completed "
-            "trials of the Optuna study, normalised to sum to 1 per objective; with few "
-            "trials these are rough."
+            f"fANOVA (optuna FanovaImportanceEvaluator, seed {seed}) over the {n_done} completed "
+            f"trials of the Optuna study{_left_out(study)}, normalised to sum to 1 per "
+            "objective; with few trials these are rough."
         )
         data = frame.reset_index()
         display = frame.map(lambda v: f"{v:.3f}")
@@ -138,10 +141,23 @@ def importance_table(exp_dir: Path, experiment: dict[str, Any], seed: int = 0) -
     )
 
 
-def _completed(study: Any) -> int:
-    from optuna.trial import TrialState
+def _count(study: Any, state: str) -> int:
+    return sum(t.state.name == state for t in study.get_trials(deepcopy=False))
 
-    return sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
+
+def _left_out(study: Any) -> str:
+    """ " (left out: 2 pruned trials, stopped early with partial scores; 1 failed trial)"."""
+    pruned, failed = _count(study, "PRUNED"), _count(study, "FAIL")
+    parts = []
+    if pruned:
+        parts.append(f"{_trials(pruned, 'pruned')}, stopped early with partial scores")
+    if failed:
+        parts.append(_trials(failed, "failed"))
+    return f" (left out: {'; '.join(parts)})" if parts else " (none pruned or failed)"
+
+
+def _trials(n: int, what: str) -> str:
+    return f"{n} {what} trial{'' if n == 1 else 's'}"
 
 
 def _drop_partial_last_line(path: Path) -> None:

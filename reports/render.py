@@ -234,7 +234,8 @@ def assemble(
                 "Best configuration",
                 [
                     f"Trial {row['trial_id']} (variant {row['variant']}) has the best {metric} "
-                    f"({mode}): {row[metric]:.3f}. Its config, as `{BEST_CONFIG}`:",
+                    f"({mode}): {row[metric]:.3f}{_ranked_note(trials)}. Its config, as "
+                    f"`{BEST_CONFIG}`:",
                     Code(best_yaml),
                     "Re-run it with:",
                     Code(RERUN_COMMAND.format(config=best_path)),
@@ -242,6 +243,18 @@ def assemble(
             )
         )
     return sections, best_yaml
+
+
+def _ranked_note(trials: pd.DataFrame) -> str:
+    """Which trials a "best" ranks: the finished ones; trials stopped early by ASHA (pruned in
+    the Optuna study) hold partial scores and are not ranked."""
+    stopped = int((trials["status"] == "stopped").sum())
+    if not stopped:
+        return ""
+    return (
+        f", of the finished trials; {stopped} trial{'s' if stopped != 1 else ''} stopped early "
+        "(pruned, partial scores) not ranked"
+    )
 
 
 def _headline(res: Results, metric: str, mode: str) -> str:
@@ -253,7 +266,7 @@ def _headline(res: Results, metric: str, mode: str) -> str:
     if best is not None:
         text += (
             f" Best {metric}: {best[metric]:.3f} (trial {best['trial_id']}, variant "
-            f"{best['variant']})."
+            f"{best['variant']}){_ranked_note(trials)}."
         )
     if res.warnings:
         text += f" {len(res.warnings)} data note(s) below."

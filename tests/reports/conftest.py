@@ -7,7 +7,8 @@ single run; a sequential trial stopped early by ASHA; a pending trial; a corrupt
 a real Optuna journal with the grid's single `grid_point` parameter.
 
 `sampled_exp`: a TPE-style space over train.lr (log), model.dropout and cosine_sts, with a real
-Optuna journal, for the sampled-space tables, importances and scatter plots.
+Optuna journal (its two trials stopped early are PRUNED there, as a sweep records them), for the
+sampled-space tables, importances and scatter plots.
 
 Both record the extension toggles in experiment.json as every sweep does (`TOGGLE_RECORDS`,
 the registry's built-in toggles); `fx.TOGGLES` is that list as `reports.variants.Toggle`s,
@@ -30,6 +31,7 @@ import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
 
 from reports.variants import toggles_from_records
 
@@ -350,12 +352,17 @@ def build_sampled_exp(exp: Path) -> None:
             searched=SAMPLED_SEARCHED,
             reason="stopped early by ASHA after 2 evaluations" if status == "stopped" else None,
         )
-        value = overall(*dev) if status == "finished" else overall(*curve[-1][1])
+        # as a sweep records them: a trial ASHA stopped is PRUNED, its value the last of its
+        # intermediate values (one per evaluation, step 1, 2, ...)
+        scores = [overall(*d) for _, d in curve]
         study.add_trial(
             optuna.trial.create_trial(
+                state=TrialState.COMPLETE if status == "finished" else TrialState.PRUNED,
                 params={"train.lr": lr, "model.dropout": dropout, "extensions.cosine_sts": cos},
                 distributions=dists,
-                value=value,
+                value=overall(*dev) if status == "finished" else scores[-1],
+                intermediate_values=dict(enumerate(scores, start=1)),
+                user_attrs={"ray_trial_id": tid},
             )
         )
 
