@@ -211,16 +211,17 @@ def serial_startup_trials(num_samples: int) -> int:
 
 def tpe_startup_trials(num_samples: int, concurrency: int) -> int:
     """TPE's `n_startup_trials` when up to `concurrency` trials run at once (docs/SEARCH_SPACES.md,
-    "Parallel search"): the serial count, and at least twice the concurrency.
+    "Parallel search"): the serial count less the trials that run beside one, at least 2.
 
-    Optuna counts only ended trials (COMPLETE or PRUNED) towards the start-up, so N trials at
-    once already make N - 1 more trials random; the first model-based suggestion then sees the
-    ended trials and N - 1 running ones, which the constant liar adds to the "bad" group at
-    points that were themselves drawn at random. At least 2N ended trials keeps the real
-    observations ahead of those stand-ins (more than twice as many) when the model starts.
+    Optuna counts only ended trials (COMPLETE or PRUNED) towards `n_startup_trials`, not the
+    running ones. With N trials at once, the model's first suggestion therefore comes once that
+    many have ended and N - 1 more were started at random meanwhile: the serial count B would
+    give B + N - 1 random trials. Asking for B - (N - 1) ended trials keeps the random phase at
+    B trials in all, whatever N (at least 2 ended ones, so that the model has two real scores).
+    Measured (benchmarks/bench_tpe_startup.py): as good as B, and better than counts that grow
+    with N (2N, or B + N - 1), which spend the budget on random trials.
     """
-    serial = serial_startup_trials(num_samples)
-    return serial if concurrency <= 1 else max(serial, 2 * concurrency)
+    return max(2, serial_startup_trials(num_samples) - (max(1, concurrency) - 1))
 
 
 def tpe_sampler(seed: int, num_samples: int, concurrency: int = 1) -> optuna.samplers.TPESampler:

@@ -167,13 +167,16 @@ def test_how_a_trial_ended_is_read_from_its_last_result() -> None:
 
 @pytest.mark.parametrize(
     ("num_samples", "concurrency", "startup"),
-    [(48, 1, 10), (48, 2, 10), (48, 8, 16), (12, 1, 4), (12, 4, 8), (4, 2, 4), (4, 1, 2)],
+    [(48, 1, 10), (48, 2, 9), (48, 8, 3), (30, 4, 7), (12, 1, 4), (12, 4, 2), (4, 2, 2)],
 )
-def test_tpe_start_up_grows_with_the_trials_running_at_once(
+def test_tpe_random_phase_stays_the_serial_length_whatever_the_concurrency(
     num_samples: int, concurrency: int, startup: int
 ) -> None:
+    """Optuna waits for n_startup_trials ended trials while concurrency - 1 others run: the
+    random trials number the serial count in all (at least 2 ended ones first)."""
     assert serial_startup_trials(num_samples) == tpe_startup_trials(num_samples, 1)
     assert tpe_startup_trials(num_samples, concurrency) == startup
+    assert startup + concurrency - 1 == max(serial_startup_trials(num_samples), concurrency + 1)
     space = load_search_space(SMOKE, overrides={"search.num_samples": num_samples})
     limiter = search_algorithm(space, storage=None, study_name="tpe", time_limit=None,
                                max_concurrent=concurrency, concurrency=concurrency)  # fmt: skip
