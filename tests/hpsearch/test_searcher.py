@@ -199,3 +199,42 @@ def test_ray_keeps_max_concurrent_trials_pending_for_our_searcher() -> None:
     assert [isinstance(limiter.suggest(t), dict) for t in "abcd"] == [True, True, True, False]
     limiter.on_trial_complete("a", result=_result(1, 0.3))
     assert isinstance(limiter.suggest("d"), dict)
+
+
+def test_warm_start_carries_finished_and_pruned_trials_as_they_were(tmp_path: Path) -> None:
+    """--warm-start: the earlier study's COMPLETE and PRUNED trials, values and intermediate
+    values included, seed the new study; its FAIL ones are left out (hpsearch.driver)."""
+    from hpsearch import driver
+    from hpsearch.experiment import Experiment
+    from hpsearch.settings import SweepSettings
+
+    space = load_search_space(SMOKE, overrides={"search.num_samples": 8})
+
+    def experiment(name: str) -> Experiment:
+        return Experiment.create(tmp_path / name, SMOKE, space, SweepSettings(), {}, [])
+
+    first = experiment("first")
+    searcher = search_algorithm(space, storage=first.storage(), study_name=first.study_name,
+                                time_limit=None, max_concurrent=None, concurrency=1)  # fmt: skip
+    for trial_id in "abc":
+        searcher.suggest(trial_id)
+        searcher.on_trial_result(trial_id, _result(1, 0.3))
+    searcher.on_trial_complete("a", result=_result(2, 0.5, final=True))
+    searcher.on_trial_complete("b", result=_result(2, 0.2))
+    searcher.on_trial_complete("c", error=True)
+
+    earlier = driver.load_warm_start(str(first.path), space)
+    second = experiment("second")
+    driver.seed_study(second, space, earlier)
+    resumed = search_algorithm(space, storage=second.storage(), study_name=second.study_name,
+                               time_limit=None, max_concurrent=None, concurrency=1)  # fmt: skip
+    resumed.suggest("d")
+    resumed.on_trial_complete("d", result=_result(1, 0.4, final=True))
+    study = optuna.load_study(study_name="second", storage=second.storage())
+    got = [(t.state, t.value, t.intermediate_values, t.user_attrs) for t in study.trials]
+    assert got == [
+        (TrialState.COMPLETE, 0.5, {1: 0.3, 2: 0.5},
+         {RAY_TRIAL_ID: "a", "warm_start_from": "first"}),
+        (TrialState.PRUNED, 0.2, {1: 0.3, 2: 0.2}, {RAY_TRIAL_ID: "b", "warm_start_from": "first"}),
+        (TrialState.COMPLETE, 0.4, {1: 0.4}, {RAY_TRIAL_ID: "d"}),
+    ]  # fmt: skip
