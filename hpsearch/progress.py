@@ -269,21 +269,14 @@ class SweepProgress(Callback):
             counts[status] += 1
         return counts
 
-    def line(self) -> tuple[str, str]:
-        """(what changed, the clock): the progress line in two parts."""
-        counts = self.counts()
-        ended = counts["finished"] + counts["stopped"] + counts["failed"]
+    def line(self, width: int | None = None) -> tuple[str, str]:
+        """(what changed, the whole line). With `width` (a terminal's), the longest of three
+        forms that fits: the full one, then one without the best trial's id and the elapsed
+        time, then a terse one (cut to `width` as a last resort)."""
+        c = self.counts()
+        ended = c["finished"] + c["stopped"] + c["failed"]
         best = self.best()
-        best_text = (
-            f"best {self.metric} {best[1]:.4f} (trial {best[0]})"
-            if best
-            else f"best {self.metric} -"
-        )
-        state = (
-            f"trials {ended}/{self.total} ended: {counts['finished']} finished, "
-            f"{counts['stopped']} stopped, {counts['failed']} failed; "
-            f"{counts['running']} running | {best_text}"
-        )
+        score = f"{best[1]:.4f}" if best else "-"
         elapsed = time.monotonic() - self.t0
         remaining = max(0, self.total - ended)
         if remaining == 0:
@@ -292,15 +285,30 @@ class SweepProgress(Callback):
             eta = f"ETA {format_duration(elapsed / self.ended_here * remaining)}"
         else:
             eta = "ETA -"
-        return state, f"{format_duration(elapsed)} elapsed, {eta}"
+        state = (
+            f"trials {ended}/{self.total} ended: {c['finished']} finished, {c['stopped']} "
+            f"stopped, {c['failed']} failed; {c['running']} running | best {self.metric} {score}"
+            + (f" (trial {best[0]})" if best else "")
+        )
+        forms = [
+            f"{state} | {format_duration(elapsed)} elapsed, {eta}",
+            f"trials {ended}/{self.total}: {c['finished']} done, {c['running']} running, "
+            f"{c['stopped']} stopped, {c['failed']} failed | best {self.metric} {score} | {eta}",
+            f"{ended}/{self.total}: {c['finished']} done {c['running']} run {c['stopped']} "
+            f"stop {c['failed']} fail | best {score} | {eta}",
+        ]
+        if width is None:
+            return state, forms[0]
+        fitting = [form for form in forms if len(form) <= width]
+        return state, fitting[0] if fitting else forms[-1][:width]
 
     def _render(self, final: bool = False) -> None:
-        state, clock = self.line()
-        text = f"{state} | {clock}"
         out = console()
+        tty = _is_tty(out)
+        width = max(20, shutil.get_terminal_size().columns - 1) if tty else None
+        state, text = self.line(width)
         with _terminal_lock:
-            if _is_tty(out):
-                text = text[: max(20, shutil.get_terminal_size().columns - 1)]  # one row
+            if tty:
                 out.write(f"\r{text}{_CLEAR_LINE}" + ("\n" if final else ""))
                 self._width = 0 if final else len(text)
             elif state != self._shown:

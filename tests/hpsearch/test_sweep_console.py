@@ -113,3 +113,63 @@ def test_format_duration():
     assert progress.format_duration(247) == "4:07"
     assert progress.format_duration(3909) == "1:05:09"
     assert progress.format_duration(-3) == "0:00"
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_the_progress_line_is_rewritten_in_place(tmp_path, monkeypatch):
+    """Tune's hooks in the order a two-trial sweep calls them (real Trial objects, real
+    records): on a TTY the line is rewritten with '\\r'; only the failure gets a line of its
+    own, and the final state ends with a newline."""
+    from ray.tune.experiment import Trial
+
+    from hpsearch.experiment import Experiment
+    from hpsearch.settings import SweepSettings
+    from hpsearch.space_parser import load_search_space
+
+    space_file = REPO / "search_spaces" / "smoke.yaml"
+    space = load_search_space(space_file, overrides={"search.num_samples": 2})
+    exp = Experiment.create(tmp_path / "tty", space_file, space, SweepSettings(), {}, [])
+    exp.trials_dir.mkdir()
+    bar = progress.SweepProgress(exp, space)
+    ok, bad = (Trial("tune_trial", config={}, trial_id=t, stub=True) for t in ("aaaa", "bbbb"))
+    terminal = _Terminal()
+    monkeypatch.setenv("COLUMNS", "200")  # shutil.get_terminal_size reads it first
+    before = sys.stdout
+    sys.stdout = terminal
+    try:
+        with progress.quiet_console(tmp_path / "driver.log"):
+            bar.setup()
+            for trial in (ok, bad):
+                bar.on_trial_start(0, [], trial)
+            bar.on_trial_result(0, [], ok, {"dev_overall": 0.25})
+            bar.on_trial_result(0, [], bad, {"dev_overall": 0.5})
+            bar.on_trial_result(0, [], ok, {"dev_overall": 0.375, "final": True})
+            (exp.trials_dir / "aaaa.json").write_text(json.dumps({"status": "finished"}))
+            bar.on_trial_complete(0, [], ok)
+            reason = "RuntimeError: boom; failed 1 time(s), retries exhausted (--max-failures 0)"
+            (exp.trials_dir / "bbbb.json").write_text(
+                json.dumps({"status": "failed", "reason": reason})
+            )
+            bar.on_trial_error(0, [], bad)
+            bar.on_experiment_end([ok, bad])
+    finally:
+        sys.stdout = before
+    shown = terminal.getvalue()
+    rows = shown.split("\n")
+    assert len(rows) == 3 and rows[-1] == "", shown  # the failure, the final line, nothing else
+    assert rows[0].endswith(f"trial bbbb failed: {reason}"), rows[0]
+    final = rows[1].split("\r")[-1]
+    assert final.startswith("trials 2/2 ended: 1 finished, 0 stopped, 1 failed; 0 running")
+    # the failed trial's better score is never the best; the finished one's latest is
+    assert "best dev_overall 0.3750 (trial aaaa)" in final, final
+    assert shown.count("\r") >= 8
+    # narrower terminals: shorter forms of the same line
+    form2 = "trials 2/2: 1 done, 0 running, 0 stopped, 1 failed | best dev_overall 0.3750 | done"
+    assert bar.line(90)[1] == form2
+    assert bar.line(79)[1] == "2/2: 1 done 0 run 0 stop 1 fail | best 0.3750 | done"
+    assert bar.line(30)[1] == "2/2: 1 done 0 run 0 stop 1 fai"  # cut
+    assert (tmp_path / "driver.log").read_text().count("\n") <= 2  # nothing Ray-side here
