@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import resource
 
 import torch
 
-__all__ = ["barrier", "dist_rank_and_size", "peak_memory_mb", "seed_everything"]
+__all__ = [
+    "barrier",
+    "dist_backend",
+    "dist_rank_and_size",
+    "peak_memory_mb",
+    "release_device_memory",
+    "reset_peak_memory",
+    "seed_everything",
+]
 
 
 def dist_rank_and_size() -> tuple[int, int]:
@@ -18,6 +27,15 @@ def dist_rank_and_size() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def dist_backend() -> str | None:
+    """The torch.distributed backend of this process ("nccl", "gloo"), or None without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return str(dist.get_backend())
+    return None
 
 
 def barrier() -> None:
@@ -39,3 +57,21 @@ def peak_memory_mb() -> float:
     if torch.cuda.is_available():
         return round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def reset_peak_memory() -> None:
+    """Start counting `peak_memory_mb` afresh on the GPU (a reused worker process runs one
+    trial after another; each trial's peak is its own). CPU peak RSS cannot be reset."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+        torch.cuda.reset_peak_memory_stats()
+
+
+def release_device_memory() -> None:
+    """Free what a finished trial left: collect the reference cycles that keep its tensors
+    alive (DeepSpeed's engine and optimizer hold some), then hand the CUDA caching
+    allocator's unused blocks back to the driver, so that the next trial in this process, or
+    another process sharing the GPU, gets them."""
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
