@@ -1,5 +1,5 @@
 """Warm workers between trials (`reuse_actors`), and Ray checkpoints that point to the run
-checkpoint instead of copying it."""
+checkpoint instead of copying it, and per-trial peak memory in a reused process."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import yaml
 from hpsearch import worker as worker_mod
 from trainables.minbert.config import load_trial_config
 from trainables.minbert.run_checkpoint import find_checkpoint
+from trainables.minbert.runtime import peak_memory_mb, reset_peak_memory
 from trainables.minbert.trainer import train_trial
 
 REPO = Path(__file__).resolve().parents[2]
@@ -137,3 +138,17 @@ def test_ray_checkpoint_points_to_the_run_checkpoint(tiny_run, tmp_path):
     # a full copy, as earlier versions reported, still stands for itself
     copy = Path(shutil.copytree(ckpts[0], tmp_path / "checkpoint_000000"))
     assert worker_mod.resume_point(copy, run)[0] == copy
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux only")
+def test_peak_memory_counts_from_the_last_reset():
+    """A reused worker reports each trial's own peak: after a reset, a large allocation of
+    an earlier trial no longer counts."""
+    reset_peak_memory()
+    big = bytearray(400 * 2**20)
+    big[::4096] = b"x" * len(big[::4096])  # touch every page
+    high = peak_memory_mb()
+    del big
+    reset_peak_memory()
+    low = peak_memory_mb()
+    assert high - low > 300, (high, low)

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import random
 import resource
 
 import torch
 
+_PROC_STATUS = "/proc/self/status"
+_PROC_CLEAR_REFS = "/proc/self/clear_refs"
+
 __all__ = [
     "barrier",
-    "dist_backend",
     "dist_rank_and_size",
     "peak_memory_mb",
-    "release_device_memory",
     "reset_peak_memory",
     "seed_everything",
 ]
@@ -27,15 +27,6 @@ def dist_rank_and_size() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def dist_backend() -> str | None:
-    """The torch.distributed backend of this process ("nccl", "gloo"), or None without one."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return str(dist.get_backend())
-    return None
 
 
 def barrier() -> None:
@@ -53,25 +44,29 @@ def seed_everything(seed: int) -> None:
 
 
 def peak_memory_mb() -> float:
-    """Peak resident memory of this process (MB); on a GPU, the peak allocated device memory."""
+    """Peak resident memory of this process since `reset_peak_memory` (MB); on a GPU, the
+    peak allocated device memory."""
     if torch.cuda.is_available():
         return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    try:  # Linux: the peak RSS the kernel keeps, which /proc/self/clear_refs can reset
+        with open(_PROC_STATUS) as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        pass
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def reset_peak_memory() -> None:
-    """Start counting `peak_memory_mb` afresh on the GPU (a reused worker process runs one
-    trial after another; each trial's peak is its own). CPU peak RSS cannot be reset."""
+    """Start counting `peak_memory_mb` afresh (a reused worker process runs one trial after
+    another; each trial's peak is its own): the GPU's peak statistics, and on Linux the
+    process's peak RSS (writing 5 to /proc/self/clear_refs sets it to the current RSS).
+    Elsewhere the CPU figure stays the process's peak since it started."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
         torch.cuda.reset_peak_memory_stats()
-
-
-def release_device_memory() -> None:
-    """Free what a finished trial left: collect the reference cycles that keep its tensors
-    alive (DeepSpeed's engine and optimizer hold some), then hand the CUDA caching
-    allocator's unused blocks back to the driver, so that the next trial in this process, or
-    another process sharing the GPU, gets them."""
-    gc.collect()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
+    try:
+        with open(_PROC_CLEAR_REFS, "w") as clear_refs:
+            clear_refs.write("5")
+    except OSError:
+        pass  # not Linux, or /proc read-only in this container

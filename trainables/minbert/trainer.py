@@ -21,6 +21,7 @@ The run directory holds:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Sequence
@@ -37,17 +38,15 @@ from trainables.minbert.config import TrialConfig
 from trainables.minbert.data import TASKS, EncodedSplit, load_multitask_data
 from trainables.minbert.encoder import build_encoder
 from trainables.minbert.engine import build_engine, optimizer_step
-from trainables.minbert.evaluation import evaluate, to_device
+from trainables.minbert.evaluation import evaluate
 from trainables.minbert.extensions.pair_similarity import make_pair_similarity
 from trainables.minbert.extensions.phases import make_phases
 from trainables.minbert.extensions.surgery import make_surgery
 from trainables.minbert.multitask import MultitaskBert
 from trainables.minbert.runtime import (
     barrier,
-    dist_backend,
     dist_rank_and_size,
     peak_memory_mb,
-    release_device_memory,
     reset_peak_memory,
     seed_everything,
 )
@@ -70,7 +69,8 @@ class MultitaskTrainer:
         self.cfg = cfg
         self.out_dir = Path(out_dir)
         self.rank, self.world_size = dist_rank_and_size()
-        own = [MetricsFileWriter(self.out_dir), TensorBoardLogger(self.out_dir / "tb")]
+        self._tensorboard = TensorBoardLogger(self.out_dir / "tb")
+        own = [MetricsFileWriter(self.out_dir), self._tensorboard]
         armed = faults.armed()  # the reliability tests' faults; none in real runs
         injector = [faults.FaultInjector(armed)] if armed else []
         self.callbacks: list[TrainerCallback] = [
@@ -196,8 +196,7 @@ class MultitaskTrainer:
         for cb in self.callbacks:
             cb.on_step_begin(self, step)
         self.model.train()
-        # Batches are built on the CPU; the engine's module lives on its device (a GPU).
-        batches = {t: to_device(streams[t].next(), self.engine.device) for t in tasks}
+        batches = {t: streams[t].next() for t in tasks}
         losses = {t: self.model.loss(b) for t, b in batches.items()}
         for cb in self.callbacks:
             losses = cb.on_losses(self, step, losses)
@@ -265,8 +264,6 @@ class MultitaskTrainer:
                     "final_eval_s": round(time.perf_counter() - t0, 3),
                     "epochs": self.cfg.train.epochs,
                     "world_size": self.world_size,
-                    "device": str(self.engine.device),  # "cuda:0", "cpu"
-                    "dist_backend": dist_backend(),  # "nccl" on GPUs, "gloo" on CPUs
                     "train_time_s": round(self.train_time_s, 3),
                     "setup_time_s": round(self.setup_time_s, 3),
                     "first_step_at": self.first_step_at,
@@ -325,15 +322,15 @@ class MultitaskTrainer:
         self.surgery.load_state_dict(state["surgery"])
 
     def cleanup(self) -> None:
-        """Free the engine and every reference to the model's tensors, then the GPU memory
-        they held: the trainer may outlive the trial (a traceback, a reused Ray worker)."""
         engine = getattr(self, "engine", None)
         if engine is not None:
             engine.destroy()
         self.engine = None
-        for name in ("model", "shared_params"):  # the encoder's parameters, on its device
-            self.__dict__.pop(name, None)
-        release_device_memory()
+        self.__dict__.pop("model", None)  # the model goes with the engine (memory)
+        # A run stopped before its end (a scheduler's stop, an error) never reached
+        # on_train_end: its event writer, with its thread and file, ends here.
+        with contextlib.suppress(RuntimeError):  # never opened
+            self._tensorboard.writer.close()
 
 
 def train_trial(
