@@ -38,15 +38,17 @@ from trainables.minbert.config import TrialConfig
 from trainables.minbert.data import TASKS, EncodedSplit, load_multitask_data
 from trainables.minbert.encoder import build_encoder
 from trainables.minbert.engine import build_engine, optimizer_step
-from trainables.minbert.evaluation import evaluate
+from trainables.minbert.evaluation import evaluate, to_device
 from trainables.minbert.extensions.pair_similarity import make_pair_similarity
 from trainables.minbert.extensions.phases import make_phases
 from trainables.minbert.extensions.surgery import make_surgery
 from trainables.minbert.multitask import MultitaskBert
 from trainables.minbert.runtime import (
     barrier,
+    dist_backend,
     dist_rank_and_size,
     peak_memory_mb,
+    release_device_memory,
     reset_peak_memory,
     seed_everything,
 )
@@ -196,7 +198,8 @@ class MultitaskTrainer:
         for cb in self.callbacks:
             cb.on_step_begin(self, step)
         self.model.train()
-        batches = {t: streams[t].next() for t in tasks}
+        # Batches are built on the CPU; the engine's module lives on its device (a GPU).
+        batches = {t: to_device(streams[t].next(), self.engine.device) for t in tasks}
         losses = {t: self.model.loss(b) for t, b in batches.items()}
         for cb in self.callbacks:
             losses = cb.on_losses(self, step, losses)
@@ -264,6 +267,8 @@ class MultitaskTrainer:
                     "final_eval_s": round(time.perf_counter() - t0, 3),
                     "epochs": self.cfg.train.epochs,
                     "world_size": self.world_size,
+                    "device": str(self.engine.device),  # "cuda:0", "cpu"
+                    "dist_backend": dist_backend(),  # "nccl" on GPUs, "gloo" on CPUs
                     "train_time_s": round(self.train_time_s, 3),
                     "setup_time_s": round(self.setup_time_s, 3),
                     "first_step_at": self.first_step_at,
@@ -322,15 +327,19 @@ class MultitaskTrainer:
         self.surgery.load_state_dict(state["surgery"])
 
     def cleanup(self) -> None:
+        """Free the engine and every reference to the model's tensors, then the GPU memory
+        they held: the trainer may outlive the trial (a traceback, a reused Ray worker)."""
         engine = getattr(self, "engine", None)
         if engine is not None:
             engine.destroy()
         self.engine = None
-        self.__dict__.pop("model", None)  # the model goes with the engine (memory)
+        for name in ("model", "shared_params"):  # the encoder's parameters, on its device
+            self.__dict__.pop(name, None)
         # A run stopped before its end (a scheduler's stop, an error) never reached
         # on_train_end: its event writer, with its thread and file, ends here.
         with contextlib.suppress(RuntimeError):  # never opened
             self._tensorboard.writer.close()
+        release_device_memory()
 
 
 def train_trial(
