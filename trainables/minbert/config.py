@@ -39,6 +39,10 @@ class ModelConfig(_Strict):
     # Sentence embedding fed to the heads: "mean" of token states (what MiniLM was trained
     # for) or the "cls" pooler output (the CS224N starter's choice).
     pooling: Literal["mean", "cls"] = "mean"
+    # Keep the word-embedding matrix as loaded (no gradient, no AdamW update): about half of
+    # MiniLM's parameters, whose dense update costs time at every step. Off: its effect on the
+    # dev scores is not measured yet (docs/BENCHMARKS.md has its effect on step time).
+    freeze_word_embeddings: bool = False
 
 
 class DataConfig(_Strict):

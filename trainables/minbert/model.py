@@ -14,6 +14,8 @@ Training speed on CPU comes from three things, measured in benchmarks/bench_mode
 qkv projection, a cheaper dropout mask (`dropout`), and attention written out when dropout is on
 (torch's fused CPU kernels refuse dropout, and its fallback pays extra passes). No mask at all
 is passed when a batch has no padding.
+`forward_packed` encodes groups of sequences, each padded to its own width, one after another
+(`Packed`): attention runs group by group, every other layer once over all groups.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +31,10 @@ from torch import Tensor, nn
 
 from trainables.errors import ConfigError
 from trainables.minbert.hf_folder import check_checkpoint_dir, load_state_dict
+
+# Fields a config.json must give (the others have BERT's defaults); fields that must be > 0.
+_REQUIRED_FIELDS = "vocab_size hidden_size num_layers num_heads intermediate_size".split()
+_POSITIVE_FIELDS = [*_REQUIRED_FIELDS, "max_position_embeddings", "type_vocab_size"]
 
 
 @dataclass
@@ -63,15 +69,7 @@ class BertConfig:
                     f"BertConfig.{f.name} must be "
                     f"{'an integer' if integer else 'a number'} (got {value!r})"
                 )
-        for name in (
-            "vocab_size",
-            "hidden_size",
-            "num_layers",
-            "num_heads",
-            "intermediate_size",
-            "max_position_embeddings",
-            "type_vocab_size",
-        ):
+        for name in _POSITIVE_FIELDS:
             if (value := getattr(self, name)) <= 0:
                 raise ConfigError(f"BertConfig.{name} must be positive (got {value})")
         for name in ("hidden_dropout", "attention_dropout"):
@@ -120,13 +118,7 @@ class BertConfig:
             hf_name = cls._HF_NAMES.get(f.name, f.name)
             if hf_name in raw and raw[hf_name] is not None:
                 kwargs[f.name] = raw[hf_name]
-            elif f.name in (
-                "vocab_size",
-                "hidden_size",
-                "num_layers",
-                "num_heads",
-                "intermediate_size",
-            ):
+            elif f.name in _REQUIRED_FIELDS:
                 raise ConfigError(f"{path} has no '{hf_name}': is it a BERT config.json?")
         try:
             return cls(**kwargs)
@@ -193,22 +185,33 @@ class BertEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(H, eps=config.layer_norm_eps)
         self.dropout = Dropout(config.hidden_dropout)
 
-    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None) -> Tensor:
-        T = input_ids.size(1)
+    def forward(
+        self, input_ids: Tensor, token_type_ids: Tensor | None, positions: Tensor | None = None
+    ) -> Tensor:
+        T = input_ids.size(1) if positions is None else int(positions.max()) + 1
         if T > self.position_embeddings.num_embeddings:
             raise ValueError(
                 f"sequence length {T} exceeds max_position_embeddings "
                 f"{self.position_embeddings.num_embeddings}: truncate the input"
             )
-        x = self.word_embeddings(input_ids)  # (B, T, H)
-        # Positions are 0..T-1 for every row: a slice of the table, no index tensor needed.
-        x = x + self.position_embeddings.weight[:T]  # (B, T, H) + (T, H)
+        x, table = self.word_embeddings(input_ids), self.position_embeddings  # (B, T, H)
+        # Positions 0..T-1 in every row: a slice of the table, no index; packed (N,): a lookup.
+        x = x + (table.weight[:T] if positions is None else table(positions))
         if token_type_ids is None:
             x = x + self.token_type_embeddings.weight[0]  # all segment A
         else:
             x = x + self.token_type_embeddings(token_type_ids)  # (B, T, H)
         embedded: Tensor = self.dropout(self.LayerNorm(x))
         return embedded
+
+
+class Packed(NamedTuple):
+    """How `forward_packed` lays out groups of sequences: group g holds `shapes[g]` = (rows,
+    width), rows * width consecutive positions (row-major, each row padded to the width), and
+    `masks[g]` is its additive attention mask (rows, 1, 1, width), None without padding."""
+
+    shapes: list[tuple[int, int]]
+    masks: list[Tensor | None]
 
 
 class BertSelfAttention(nn.Module):
@@ -220,12 +223,24 @@ class BertSelfAttention(nn.Module):
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)  # [query; key; value]
         self.dropout_p = config.attention_dropout
 
-    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
-        B, T, H = x.shape  # batch, sequence length, hidden size
-        qkv = self.qkv(x).view(B, T, 3, self.num_heads, H // self.num_heads)  # (B, T, 3, nh, hs)
+    def forward(self, x: Tensor, mask: Tensor | Packed | None) -> Tensor:
+        if not isinstance(mask, Packed):
+            return self._attend(self.qkv(x), mask)
+        # One matmul for every group; split, not sliced: its backward is one cat, where each
+        # slice's backward would fill a zero gradient of the whole (N, 3H).
+        parts = torch.split(self.qkv(x), [rows * width for rows, width in mask.shapes])
+        outs = [
+            self._attend(part.view(rows, width, -1), group_mask).view(rows * width, -1)
+            for part, (rows, width), group_mask in zip(parts, mask.shapes, mask.masks, strict=True)
+        ]
+        return torch.cat(outs) if len(outs) > 1 else outs[0]  # (N, H)
+
+    def _attend(self, qkv: Tensor, mask: Tensor | None) -> Tensor:
+        B, T, H = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3  # batch, length, hidden size
+        qkv = qkv.view(B, T, 3, self.num_heads, H // self.num_heads)  # (B, T, 3, nh, hs)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hs), views, no copy
         p = self.dropout_p if self.training else 0.0
-        if p > 0.0 and x.device.type == "cpu":
+        if p > 0.0 and qkv.device.type == "cpu":
             # torch's fused CPU kernels refuse dropout, and its fallback spends extra passes on
             # fully-masked rows (which BERT never has): the same math, written out, is faster.
             att = (q * q.size(-1) ** -0.5) @ k.transpose(-2, -1)  # (B, nh, T, T)
@@ -258,7 +273,7 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(config)  # named as in the checkpoint: attention.self.*
         self.output = BertAddNorm(config.hidden_size, config)
 
-    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | Packed | None) -> Tensor:
         out: Tensor = self.output(self.self(x, mask), x)
         return out
 
@@ -281,7 +296,7 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertAddNorm(config.intermediate_size, config)
 
-    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | Packed | None) -> Tensor:
         x = self.attention(x, mask)  # (B, T, H)
         out: Tensor = self.output(self.intermediate(x), x)  # (B, T, H)
         return out
@@ -292,7 +307,7 @@ class BertEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_layers))
 
-    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | Packed | None) -> Tensor:
         for layer in self.layer:
             x = layer(x, mask)
         return x
@@ -325,14 +340,25 @@ class BertModel(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """input_ids, attention_mask (1 = real token, 0 = padding), token_type_ids: (B, T)."""
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
-        mask = None  # without padding, attention needs no mask at all
-        if attention_mask is not None and not bool(attention_mask.all()):
-            # Additive, built once per forward: 0 to attend, the most negative float at padding
-            # (not -inf, so that a row of padding only gives a uniform softmax, never NaN).
-            keep = attention_mask[:, None, None, :].to(x.dtype)  # (B, 1, 1, T)
-            mask = (1.0 - keep) * torch.finfo(x.dtype).min
-        hidden = self.encoder(x, mask)  # (B, T, H)
+        hidden = self.encoder(x, _additive_mask(attention_mask, x.dtype))  # (B, T, H)
         return hidden, self.pooler(hidden)
+
+    def forward_packed(
+        self, input_ids: Tensor, attention_mask: Tensor, shapes: list[tuple[int, int]]
+    ) -> tuple[Tensor, Tensor]:
+        """Groups of sequences, flat (`Packed`): input_ids, attention_mask (N,), group g
+        `shapes[g]` = (rows, width). Returns hidden states (N, H) in the same layout and the
+        pooler output (sum of rows, H), group after group."""
+        dev, masks, firsts, start = input_ids.device, [], [], 0
+        positions = torch.cat([torch.arange(w, device=dev).repeat(n) for n, w in shapes])
+        x = self.embeddings(input_ids, None, positions)  # (N, H); token type 0 throughout
+        for rows, width in shapes:
+            group = attention_mask[start : start + rows * width].view(rows, width)
+            masks.append(_additive_mask(group, x.dtype))
+            firsts.append(torch.arange(start, start + rows * width, width, device=dev))
+            start += rows * width
+        hidden = self.encoder(x, Packed(shapes, masks))  # (N, H)
+        return hidden, self.pooler(hidden[torch.cat(firsts)].unsqueeze(1))
 
     @classmethod
     def from_config(cls, config: BertConfig, seed: int | None = None) -> BertModel:
@@ -386,6 +412,15 @@ class BertModel(nn.Module):
             else:
                 out[key] = value.detach().clone()
         return out
+
+
+def _additive_mask(attention_mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """(B, T) 1/0 -> additive (B, 1, 1, T): 0 to attend, the most negative float at padding (not
+    -inf: a row of padding gives a uniform softmax, never NaN); None (no mask) without padding."""
+    if attention_mask is None or bool(attention_mask.all()):
+        return None
+    keep = attention_mask[:, None, None, :].to(dtype)
+    return (1.0 - keep) * torch.finfo(dtype).min
 
 
 def mean_pool(hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
@@ -461,4 +496,4 @@ def _more(keys: list[str]) -> str:
     return f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
 
 
-__all__ = ["BertConfig", "BertModel", "dropout", "mean_pool"]
+__all__ = ["BertConfig", "BertModel", "Packed", "dropout", "mean_pool"]

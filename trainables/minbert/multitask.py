@@ -9,6 +9,12 @@ embeddings u, v meet in the head as [u, v, |u - v|, u * v] (Sentence-BERT's clas
 input), or as one packed sequence [CLS] a [SEP] b [SEP] ("cross"). The STS head is a
 `PairSimilarity` given by the trial's extensions (`make_pair_similarity`): a linear head by
 default, Sentence-BERT's scaled cosine with cosine_sts.
+
+A siamese batch arrives in one of two layouts (`trainables.minbert.batching.Batch`): the 2B
+sentences in length-sorted groups ("sentences", one encoder pass per group, each at its own
+width), or side a and side b ("sides", widened to one width and encoded in one pass). Padding
+is masked out of attention and of mean pooling, so both give the same embeddings up to float
+rounding; the first computes far less padding.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ class MultitaskBert(nn.Module):
         pair_encoding: "siamese" (two encodings per pair) or "cross" (one packed sequence).
         pooling: "mean" of the token states or the "cls" pooler output.
         sts_head: the STS pair head (`make_pair_similarity`); None: a linear `PairHead`.
+        freeze_word_embeddings: keep the encoder's word-embedding matrix fixed
+            (`model.freeze_word_embeddings`): it gets no gradient and no optimizer update.
     """
 
     def __init__(
@@ -42,10 +50,15 @@ class MultitaskBert(nn.Module):
         pair_encoding: str = "siamese",
         pooling: str = "mean",
         sts_head: PairSimilarity | None = None,
+        freeze_word_embeddings: bool = False,
     ) -> None:
         super().__init__()
         hidden = encoder.config.hidden_size
         self.encoder = encoder
+        if freeze_word_embeddings:
+            # About half of MiniLM's parameters; build_engine optimises only parameters that
+            # require a gradient, so neither the embedding backward nor AdamW touches them.
+            encoder.embeddings.word_embeddings.weight.requires_grad_(False)
         self.pair_encoding = pair_encoding
         self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
@@ -71,8 +84,36 @@ class MultitaskBert(nn.Module):
         cls_pooled: torch.Tensor = pooled
         return cls_pooled
 
+    def embed_packed(
+        self, inputs: dict[str, torch.Tensor], groups: list[tuple[int, int]]
+    ) -> torch.Tensor:
+        """Sentence embeddings (rows of all groups, H) of groups of sentences laid out flat,
+        group after group (`BertModel.forward_packed`), in that order."""
+        hidden, pooled = self.encoder.forward_packed(
+            inputs["input_ids"], inputs["attention_mask"], groups
+        )
+        if self.pooling != "mean":
+            cls_pooled: torch.Tensor = pooled
+            return cls_pooled
+        sizes = [rows * width for rows, width in groups]
+        parts = [
+            mean_pool(h.view(rows, width, -1), m.view(rows, width))
+            for h, m, (rows, width) in zip(
+                torch.split(hidden, sizes),
+                torch.split(inputs["attention_mask"], sizes),
+                groups,
+                strict=True,
+            )
+        ]
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
     def _embed_pair(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        # One encoder call over both sides: (2B, T) is faster than two calls of (B, T).
+        """The embeddings u, v (B, H) of a siamese batch's sides, in either layout."""
+        if "sentences" in batch:
+            emb = self.embed_packed(batch["sentences"], batch["sentence_groups"])  # (2B, H)
+            u, v = emb[batch["sentence_index"]].chunk(2)  # back to a_0.., then b_0..
+            return u, v
+        # "sides": one encoder call over both: (2B, T) is faster than two calls of (B, T).
         a, b = batch["inputs_a"], batch["inputs_b"]
         width = max(a["input_ids"].shape[1], b["input_ids"].shape[1])
         pad_id = self.encoder.config.pad_token_id
@@ -99,7 +140,7 @@ class MultitaskBert(nn.Module):
             logits: torch.Tensor = self.sst_head(self.dropout(self.embed(batch["inputs"])))
             return logits
         head = self.para_head if task == "para" else self.sts_head
-        if "inputs_a" in batch:
+        if "sentences" in batch or "inputs_a" in batch:
             u, v = self._embed_pair(batch)
             if head.dropout_before:
                 u, v = self.dropout(u), self.dropout(v)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import torch
 
-from trainables.minbert.batching import Batch, EncodedSplit
+from trainables.minbert.batching import Batch, EncodedSplit, PairLayout
 from trainables.minbert.extensions.phases import Phase
 from trainables.minbert.tokenizer import WordPieceTokenizer
 
@@ -24,7 +24,8 @@ class TaskStream:
 
     Every pass is shuffled by its own seeded generator. With data parallelism each rank takes
     every `world_size`-th batch, starting at its `rank`. A split with no batches at all is
-    refused (ValueError) instead of looping forever.
+    refused (ValueError) instead of looping forever. `pair_layout` lays out siamese pair
+    batches (`EncodedSplit.batches`).
     """
 
     def __init__(
@@ -35,9 +36,11 @@ class TaskStream:
         seed: int,
         rank: int = 0,
         world_size: int = 1,
+        pair_layout: PairLayout = "sentences",
     ) -> None:
         self.split, self.batch_size, self.tokenizer, self.seed = split, batch_size, tokenizer, seed
         self.rank, self.world_size = rank, world_size
+        self.pair_layout: PairLayout = pair_layout
         self.consumed = 0  # batches handed out, over every pass
         self._it = self._passes()
 
@@ -45,7 +48,7 @@ class TaskStream:
         for pass_index in range(10**9):
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + pass_index)
             batches = self.split.batches(
-                self.batch_size, self.tokenizer, shuffle=True, generator=gen
+                self.batch_size, self.tokenizer, True, gen, self.pair_layout
             )
             empty = True
             for i, batch in enumerate(batches):  # data parallel: each rank its share of batches
