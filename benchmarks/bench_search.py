@@ -51,8 +51,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 DEFAULT_SPACE = ROOT / "benchmarks" / "spaces" / "search_table.yaml"
-DEFAULT_TABLE = ROOT / "benchmarks" / "results" / "search_table.csv"
-DEFAULT_OUT = ROOT / "benchmarks" / "results" / "search_replay.json"
+DEFAULT_TABLE = ROOT / "docs" / "examples" / "search_efficiency" / "search_table.csv"
+DEFAULT_OUT = ROOT / "docs" / "examples" / "search_efficiency" / "search_replay.json"
 # The grid's dimensions: the table's key, read from each trial's TrialConfig.
 KEY_FIELDS = ("train.lr", "model.dropout", "extensions.cosine_sts", "extensions.pcgrad")
 BUDGETS = (0.10, 0.25, 0.50)
@@ -268,8 +268,15 @@ def _replay_trial(
         tune.report({**result, "final": True} if index == last else result)
 
 
-def _space_for(base_space: Path, strategy: str, seed: int, folder: Path) -> Path:
-    """The table's space with the strategy's sampler, scheduler and seed."""
+def _space_for(
+    base_space: Path,
+    strategy: str,
+    seed: int,
+    folder: Path,
+    asha: tuple[int, int] | None = None,
+) -> Path:
+    """The table's space with the strategy's sampler, scheduler and seed (and, for the ASHA
+    strategies, `asha` = (grace period, reduction factor) when given)."""
     import yaml
 
     from hpsearch._yaml import load_strict
@@ -287,6 +294,8 @@ def _space_for(base_space: Path, strategy: str, seed: int, folder: Path) -> Path
         "num_samples": grid_size if sampler == "grid" else 10 * grid_size,
     }
     raw["search"].pop("max_concurrent", None)  # set by replay_one
+    if scheduler == "asha" and asha is not None:
+        raw["search"]["asha"] = {"grace_period": asha[0], "reduction_factor": asha[1]}
     path = folder / f"{strategy}-{seed}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
@@ -570,6 +579,13 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("--tolerance", type=float, default=0.005)
     replay.add_argument("--num-cpus", type=int, default=2)
     replay.add_argument(
+        "--asha",
+        type=int,
+        nargs=2,
+        metavar=("GRACE", "FACTOR"),
+        help="ASHA's grace period and reduction factor (default: the space's, 1 and 2)",
+    )
+    replay.add_argument(
         "--engine",
         choices=("simulated", "tune"),
         default="simulated",
@@ -605,7 +621,9 @@ def main(argv: list[str] | None = None) -> int:
             for concurrency in args.concurrency:
                 for strategy in args.strategies:
                     for seed in range(args.seeds):
-                        space_path = _space_for(args.space, strategy, seed, Path(tmp))
+                        space_path = _space_for(
+                            args.space, strategy, seed, Path(tmp), asha=args.asha
+                        )
                         if args.engine == "tune":
                             outcome = replay_one(
                                 space_path,
@@ -635,6 +653,8 @@ def main(argv: list[str] | None = None) -> int:
         "configurations": len(curves),
         "best_final": best,
         "tolerance": args.tolerance,
+        "asha": args.asha,
+        "seeds": args.seeds,
         "engine": args.engine,
         "time_scale": args.time_scale if args.engine == "tune" else None,
         "wall_s": round(time.monotonic() - started, 1),
