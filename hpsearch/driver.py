@@ -24,6 +24,7 @@ from hpsearch.experiment import EXPERIMENT_FILE, JOURNAL, Experiment, journal_st
 from hpsearch.searcher import (
     FAILED,
     FINISHED,
+    STOPPED,
     TIMED_OUT,
     asha_scheduler,
     resource_concurrency,
@@ -53,7 +54,15 @@ _WORKER_DIED = (
 
 
 class StatusRecorder(Callback):
-    """Writes trials/<id>.json as trials start, report, finish, stop early or fail."""
+    """Writes trials/<id>.json as trials start, report, finish, stop early or fail.
+
+    A record that says "finished" or "stopped" is final. Ray saves its own state only every few
+    seconds, so a driver killed just after a trial ended can leave Ray believing the trial
+    still runs; the resumed sweep then starts it again (a stopped one from its checkpoint, if
+    Ray still has it). That replay changes neither the record nor the trial's end in the
+    Optuna study (hpsearch.searcher). A "failed" record is not final: `hpsearch resume` retries
+    trials whose retries ran out (Ray's resume_errored).
+    """
 
     def __init__(self, experiment: Experiment, space: SearchSpace) -> None:
         self.experiment = experiment
@@ -61,9 +70,20 @@ class StatusRecorder(Callback):
         self.time_limit = experiment.settings.time_limit_per_trial
         self.max_failures = experiment.settings.max_failures
         self.started: dict[str, float] = {}
+        self.kept: set[str] = set()  # trials whose final record a replay left as it was
         experiment.trials_dir.mkdir(parents=True, exist_ok=True)
 
     def _write(self, trial: Any, status: str, reason: str | None) -> None:
+        ended = _ended_status(self.experiment.record_path(trial.trial_id))
+        if ended is not None:
+            if trial.trial_id not in self.kept:
+                self.kept.add(trial.trial_id)
+                print(
+                    f"trial {trial.trial_id} had {ended} before the driver was killed; Ray's "
+                    f"saved state was older and runs it again: its record stays {ended}",
+                    flush=True,
+                )
+            return
         try:
             flat = self.space.resolve(trial.config, self.experiment.trial_overrides).to_flat_dict()
         except ConfigError:
@@ -128,6 +148,15 @@ class StatusRecorder(Callback):
             f"(--max-failures {self.max_failures})"
         )
         self._write(trial, "failed", f"{error_line(trial)}; {tries}")
+
+
+def _ended_status(record: Path) -> str | None:
+    """ "finished" or "stopped" when the trial's record already says so (final), else None."""
+    try:
+        status = json.loads(record.read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return status if status in (FINISHED, STOPPED) else None
 
 
 def _failures(trial: Any) -> int:

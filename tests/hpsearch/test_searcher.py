@@ -9,6 +9,7 @@ The calls below follow that order; the searcher, the sampler and the study are t
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -238,3 +239,52 @@ def test_warm_start_carries_finished_and_pruned_trials_as_they_were(tmp_path: Pa
         (TrialState.PRUNED, 0.2, {1: 0.3, 2: 0.2}, {RAY_TRIAL_ID: "b", "warm_start_from": "first"}),
         (TrialState.COMPLETE, 0.4, {1: 0.4}, {RAY_TRIAL_ID: "d"}),
     ]  # fmt: skip
+
+
+def test_a_trial_replayed_after_a_driver_kill_keeps_its_final_record(tmp_path: Path) -> None:
+    """Ray's saved state older than the records: the resumed sweep starts an ASHA-stopped
+    trial again, and that replay fails (say its Ray checkpoint is gone). Its record stays
+    "stopped" and its study trial PRUNED. A "failed" record is not final: a trial that failed
+    and runs again (`hpsearch resume` retries errored trials) gets the record of its retry."""
+    from ray.train._internal.storage import StorageContext
+    from ray.tune.experiment import Trial
+
+    from hpsearch.driver import StatusRecorder
+    from hpsearch.experiment import Experiment
+    from hpsearch.settings import SweepSettings
+
+    space = load_search_space(SMOKE, overrides={"search.num_samples": 2})
+    exp = Experiment.create(tmp_path / "exp", SMOKE, space, SweepSettings(), {}, [])
+    searcher = search_algorithm(space, storage=exp.storage(), study_name=exp.study_name,
+                                time_limit=None, max_concurrent=None, concurrency=1)  # fmt: skip
+    stopped, failed = (
+        Trial("tune_trial", config=searcher.suggest(t), trial_id=t, stub=True,
+              storage=StorageContext(storage_path=str(tmp_path), experiment_dir_name="exp",
+                                     trial_dir_name=f"trial_{t}"))
+        for t in ("aaaa", "bbbb")
+    )  # fmt: skip
+    first = StatusRecorder(exp, space)
+    for trial in (stopped, failed):
+        first.on_trial_start(0, [], trial)
+        trial.update_last_result(_result(1, 0.3))
+        searcher.on_trial_result(trial.trial_id, _result(1, 0.3))
+    searcher.on_trial_complete("aaaa", result=_result(1, 0.3))  # ASHA's stop
+    first.on_trial_complete(0, [], stopped)
+    failed.update_last_result(failed_result("non-finite loss at step 6"))
+    searcher.on_trial_complete("bbbb", result=failed_result("non-finite loss at step 6"))
+    first.on_trial_complete(0, [], failed)
+
+    resumed = StatusRecorder(exp, space)  # the resumed driver, Ray replaying both trials
+    for trial in (stopped, failed):
+        resumed.on_trial_start(0, [], trial)
+    stopped.update_last_result(failed_result("its Ray checkpoint does not exist anymore"))
+    resumed.on_trial_complete(0, [], stopped)
+    searcher.on_trial_complete("aaaa", error=True)
+    failed.update_last_result(_result(2, 0.5, final=True))
+    resumed.on_trial_complete(0, [], failed)
+
+    records = {p.stem: json.loads(p.read_text()) for p in exp.trials_dir.glob("*.json")}
+    assert records["aaaa"]["status"] == "stopped" and "ASHA" in records["aaaa"]["reason"]
+    assert records["bbbb"]["status"] == "finished"  # the retry of a failed trial counts
+    states = {t.user_attrs[RAY_TRIAL_ID]: t.state for t in searcher._ot_study.trials}
+    assert states == {"aaaa": TrialState.PRUNED, "bbbb": TrialState.FAIL}
