@@ -8,7 +8,7 @@ export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install install-test browser demo test test-slow lint bench clean
+.PHONY: install install-test browser demo test test-slow test-slurm lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,13 @@ test: install-test
 
 test-slow: install-test
 	$(BIN)/python -m pytest -q -m slow
+
+# SLURM jobs on a real one-node SLURM on this machine (as root, Debian/Ubuntu): installs
+# slurm-wlm and munge, then the tests start the daemons and stop them at the end
+# (tests/slurm/slurm_cluster.sh; docs/CLUSTER.md, "Testing it").
+test-slurm: install-test
+	tests/slurm/slurm_cluster.sh install
+	$(BIN)/python -m pytest -q -m slurm tests/hpsearch/test_slurm_cluster.py
 
 lint: install-test
 	$(BIN)/ruff check .

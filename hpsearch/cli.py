@@ -3,6 +3,7 @@
     hpsearch train CONFIG.yaml [section.key=value ...] [--data-dir DIR] [--out DIR] [--smoke-test]
     hpsearch sweep SPACE.yaml [--name N] [--storage-path DIR] [--num-samples N] ...
     hpsearch resume EXP_DIR
+    hpsearch slurm SPACE.yaml [sweep options] [--nodes N --time T ...] [--submit]
     hpsearch report EXP_DIR
     hpsearch tensorboard EXP_DIR [--port P]
     hpsearch dashboard EXP_DIR [--port P]
@@ -27,6 +28,7 @@ from typing import Any
 
 from hpsearch import dashboard, tensorboard
 from hpsearch.settings import SweepSettings
+from hpsearch.slurm import add_job_arguments as add_slurm_job_arguments
 from trainables.errors import ConfigError
 
 EXIT_BAD_INPUT = 2
@@ -69,39 +71,9 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The `hpsearch` command line; the sweep options' defaults come from SweepSettings."""
-    parser = OneLineErrorParser(
-        prog="hpsearch", description="Distributed hyperparameter search for multitask minBERT."
-    )
-    commands = parser.add_subparsers(
-        dest="command", required=True, parser_class=OneLineErrorParser
-    )
-
-    train = commands.add_parser("train", help="train one configuration, without Ray")
-    train.add_argument(
-        "config", help="trial config YAML (sections model, data, train, extensions)"
-    )
-    train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=2e-5")
-    train.add_argument(
-        "--data-dir", help="folder with the CS224N files (default: built-in synthetic data)"
-    )
-    train.add_argument(
-        "--out", help="run folder (default: runs/<config name>-<time>); must not exist yet"
-    )
-    train.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in --out from its newest checkpoint",
-    )
-    train.add_argument(
-        "--smoke-test",
-        action="store_true",
-        help="a few steps on a little data, to check the set-up",
-    )
-
-    sweep = commands.add_parser("sweep", help="run a search space as a Ray Tune experiment")
-    sweep.add_argument("space", help="search space YAML (see search_spaces/)")
+def add_sweep_arguments(sweep: argparse.ArgumentParser) -> None:
+    """`hpsearch sweep`'s options after the space (also `hpsearch slurm`'s); their defaults
+    come from SweepSettings."""
     sweep.add_argument(
         "overrides", nargs="*", help="dotted trial-config overrides applied to every trial"
     )
@@ -169,6 +141,49 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--smoke-test", action="store_true", help="2 tiny trials, to check the set-up"
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `hpsearch` command line; the sweep options' defaults come from SweepSettings."""
+    parser = OneLineErrorParser(
+        prog="hpsearch", description="Distributed hyperparameter search for multitask minBERT."
+    )
+    commands = parser.add_subparsers(
+        dest="command", required=True, parser_class=OneLineErrorParser
+    )
+
+    train = commands.add_parser("train", help="train one configuration, without Ray")
+    train.add_argument(
+        "config", help="trial config YAML (sections model, data, train, extensions)"
+    )
+    train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=2e-5")
+    train.add_argument(
+        "--data-dir", help="folder with the CS224N files (default: built-in synthetic data)"
+    )
+    train.add_argument(
+        "--out", help="run folder (default: runs/<config name>-<time>); must not exist yet"
+    )
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its newest checkpoint",
+    )
+    train.add_argument(
+        "--smoke-test",
+        action="store_true",
+        help="a few steps on a little data, to check the set-up",
+    )
+
+    sweep = commands.add_parser("sweep", help="run a search space as a Ray Tune experiment")
+    sweep.add_argument("space", help="search space YAML (see search_spaces/)")
+    add_sweep_arguments(sweep)
+
+    slurm = commands.add_parser(
+        "slurm", help="write (and --submit) a SLURM batch job that runs a sweep on Ray"
+    )
+    slurm.add_argument("space", nargs="?", help="search space YAML (not with --resume)")
+    add_sweep_arguments(slurm)
+    add_slurm_job_arguments(slurm)
 
     resume = commands.add_parser("resume", help="continue an interrupted experiment")
     resume.add_argument("exp_dir")
@@ -304,6 +319,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             args.exp_dir, address=args.address, num_cpus=args.num_cpus, report=not args.no_report
         )
         return 0
+    if args.command == "slurm":
+        from hpsearch.slurm import run_slurm
+
+        return run_slurm(args, settings_from_args(args))
     if args.command == "report":
         return _report(Path(args.exp_dir))
     if args.command == "tensorboard":
