@@ -42,8 +42,9 @@ _WRITTEN_LINE = re.compile(r"^# Written by `hpsearch slurm` on .*$", re.MULTILIN
 
 TEMPLATE = r"""#!/bin/bash
 # {{TITLE}}
-# Written by `hpsearch slurm` on {{WRITTEN}}. A plain bash script: edit it freely, then submit
-# it with sbatch (`hpsearch slurm ... --submit` did or does that for you).
+# Written by `hpsearch slurm` on {{WRITTEN}}.
+# A plain bash script: edit it freely, then submit it with sbatch (`hpsearch slurm ...
+# --submit` did or does that for you).
 #
 #   sbatch {{SCRIPT}}
 #   squeue --me                                  queued or running?
