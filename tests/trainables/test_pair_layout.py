@@ -169,11 +169,11 @@ def test_sentences_batch_holds_every_sentence_once_in_groups(tokenizer) -> None:
 def test_group_by_length_is_the_cheapest_cut() -> None:
     assert group_by_length([5]) == ([0], [(0, 1, 5)])
     # no overhead: one group per distinct length, no padding at all
-    order, groups = group_by_length([3, 7, 3, 5, 7], pass_overhead=0)
+    order, groups = group_by_length([3, 7, 3, 5, 7], group_overhead=0)
     assert order == [1, 4, 3, 0, 2]  # longest first, ties in their order
     assert groups == [(0, 2, 7), (2, 3, 5), (3, 5, 3)]
     # a huge overhead: one group, padded to the longest
-    assert group_by_length([3, 7, 3, 5, 7], pass_overhead=10**6)[1] == [(0, 5, 7)]
+    assert group_by_length([3, 7, 3, 5, 7], group_overhead=10**6)[1] == [(0, 5, 7)]
     # against brute force over every cut of the sorted lengths
     rng = random.Random(0)
     for _ in range(200):
