@@ -83,9 +83,9 @@ def run_sweep(space_path: str | Path, settings: SweepSettings | None = None) -> 
     )
     if earlier:
         driver.seed_study(experiment, space, earlier)
-        print(
-            f"warm start: {len(earlier)} finished trials of {settings.warm_start} seed the sampler"
-        )
+        pruned = sum(t.state.name == "PRUNED" for t in earlier)
+        counted = f"{len(earlier) - pruned} finished" + (f" and {pruned} pruned" if pruned else "")
+        print(f"warm start: {counted} trials of {settings.warm_start} seed the sampler")
     _fit(lambda: driver.build_tuner(experiment, space), experiment)
     if settings.report:
         _report(experiment)
