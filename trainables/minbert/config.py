@@ -78,6 +78,7 @@ class TrainConfig(_Strict):
     evals_per_epoch: int = Field(default=2, ge=1)  # dev evaluations (and reports) per epoch
     # stop after this many multitask steps (smoke runs)
     max_steps: int | None = Field(default=None, ge=1)
+    # sequences per encoder call in evaluation (fastest of 32-256 on CPU, docs/BENCHMARKS.md)
     eval_batch_size: int = Field(default=64, ge=1)
     # checkpoint at every n-th evaluation; 0: only at the end
     checkpoint_every_evals: int = Field(default=1, ge=0)
