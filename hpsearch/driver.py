@@ -250,6 +250,11 @@ def init_ray(address: str | None, num_cpus: int | None) -> None:
         # percent of a core (30-40x slower beside a CPU hog per core, measured). The local
         # Ray hpsearch starts runs them at the driver's priority, unless the user set it.
         os.environ.setdefault("RAY_worker_niceness", "0")
+        # A reused worker runs each trial in a new thread, and glibc gives threads malloc
+        # arenas of their own (up to 8 per core), each keeping what it freed: resident
+        # memory grew from trial to trial. Two arenas kept it flat (measured over 24 tiny
+        # trials, docs/BENCHMARKS.md); trial processes inherit the variable from here.
+        os.environ.setdefault("MALLOC_ARENA_MAX", "2")
         ray.init(
             num_cpus=num_cpus,
             include_dashboard=False,

@@ -49,6 +49,7 @@ from trainables.minbert.runtime import (
     dist_rank_and_size,
     peak_memory_mb,
     release_device_memory,
+    release_host_memory,
     reset_peak_memory,
     seed_everything,
 )
@@ -340,6 +341,7 @@ class MultitaskTrainer:
         with contextlib.suppress(RuntimeError):  # never opened
             self._tensorboard.writer.close()
         release_device_memory()
+        release_host_memory()
 
 
 def train_trial(
