@@ -39,9 +39,13 @@ if TYPE_CHECKING:
 __all__ = [
     "BUILTIN",
     "ENTRY_POINT_GROUP",
+    "KINDS",
+    "STACKABLE",
     "Toggle",
     "active_toggle",
+    "active_toggles",
     "build_active",
+    "build_all_active",
     "check_combination",
     "load_factory",
     "toggle_records",
@@ -51,11 +55,30 @@ __all__ = [
 
 ENTRY_POINT_GROUP = "hpsearch.extensions"
 # The interfaces an extension may plug into, each asked for at one point of a trial:
-#   surgery  GradientSurgery  how per-task gradients become one update (engine step)
-#   phases   PhasePlan        which phases (task sets, epochs) run before the multitask loop
-#   sts_head PairSimilarity   how two sentence embeddings become an STS score
-Kind = Literal["surgery", "phases", "sts_head"]
-KINDS: tuple[Kind, ...] = ("surgery", "phases", "sts_head")
+#   surgery      GradientSurgery  how per-task gradients become one update (engine step)
+#   phases       PhasePlan        which phases (task sets, epochs) run before the multitask loop
+#   sts_head     PairSimilarity   how two sentence embeddings become an STS score
+#   param_groups ParamGroups      how the trainable parameters split into optimizer groups
+#                                 (each with its own learning-rate scale)
+#   lr_schedule  LrSchedule       the learning-rate multiplier at each optimizer step
+#   task_layers  TaskLayers       per-task layers between the shared encoder and the heads
+#   loss_term    LossTerm         an extra term added to a task's training loss; several
+#                                 loss terms may be on together (STACKABLE)
+Kind = Literal[
+    "surgery", "phases", "sts_head", "param_groups", "lr_schedule", "task_layers", "loss_term"
+]
+KINDS: tuple[Kind, ...] = (
+    "surgery",
+    "phases",
+    "sts_head",
+    "param_groups",
+    "lr_schedule",
+    "task_layers",
+    "loss_term",
+)
+# Kinds of which any number of toggles may be on at once (each adds to the others); of every
+# other kind at most one is on, since each replaces one step of the trial.
+STACKABLE: frozenset[Kind] = frozenset({"loss_term"})
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _SHORT = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -70,7 +93,7 @@ class Toggle:
             are reserved.
         label: its name in report tables ("Gradient Surgery").
         kind: the interface it plugs into (one of `KINDS`); two toggles of the same kind
-            cannot both be on.
+            cannot both be on, unless the kind is `STACKABLE`.
         factory: "module:attribute" of the implementing class, imported only when a trial
             builds it; the class is called with the trial's `TrialConfig`.
         help: one line for `--help`-style listings and the config field's description.
@@ -221,11 +244,13 @@ def variant_name(flat: Mapping[str, Any]) -> str:
 def check_combination(flat: Mapping[str, Any]) -> str | None:
     """None if the toggles that are on fit the rest of the flat configuration; else why not.
 
-    Refuses two toggles of one kind (two gradient surgeries, say) and a toggle whose
-    `requires` the configuration does not meet.
+    Refuses two toggles of one kind that is not `STACKABLE` (two gradient surgeries, say) and
+    a toggle whose `requires` the configuration does not meet.
     """
     on = [t for t in toggles() if flat.get(t.key) is True]
     for kind in KINDS:
+        if kind in STACKABLE:
+            continue
         same = [t.key for t in on if t.kind == kind]
         if len(same) > 1:
             return f"{' and '.join(same)} both replace the {kind} step: turn all but one off"
@@ -257,7 +282,7 @@ def active_toggle(kind: Kind, flat: Mapping[str, Any]) -> Toggle | None:
     """The toggle of `kind` that is on in a flat configuration, or None when none is.
 
     `check_combination` lets at most one toggle of a kind be on; the first in registry order
-    is returned.
+    is returned. For a `STACKABLE` kind use `active_toggles`.
     """
     return next((t for t in toggles() if t.kind == kind and flat.get(t.key) is True), None)
 
@@ -279,3 +304,27 @@ def build_active(kind: Kind, cfg: TrialConfig, interface: type) -> object | None
             f"the {interface.__name__} its kind {toggle.kind!r} plugs into; fix its registry entry"
         )
     return built
+
+
+def active_toggles(kind: Kind, flat: Mapping[str, Any]) -> list[Toggle]:
+    """Every toggle of `kind` that is on in a flat configuration, in registry order."""
+    return [t for t in toggles() if t.kind == kind and flat.get(t.key) is True]
+
+
+def build_all_active(kind: Kind, cfg: TrialConfig, interface: type) -> list[object]:
+    """The trial's implementations of a `STACKABLE` kind, in registry order (empty: none on).
+
+    Each is its toggle's class called with `cfg`; ConfigError when one is not an instance of
+    `interface`, as in `build_active`.
+    """
+    built_all: list[object] = []
+    for toggle in active_toggles(kind, cfg.to_flat_dict()):
+        built: object = load_factory(toggle)(cfg)
+        if not isinstance(built, interface):
+            raise ConfigError(
+                f"extension {toggle.name!r}: {toggle.factory} made a {type(built).__name__}, "
+                f"not the {interface.__name__} its kind {toggle.kind!r} plugs into; fix its "
+                "registry entry"
+            )
+        built_all.append(built)
+    return built_all
