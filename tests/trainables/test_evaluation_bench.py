@@ -1,7 +1,7 @@
 """benchmarks/bench_eval.py on a tiny random model and the synthetic set: the previous commit's
 evaluation and this tree's run side by side and agree.
 
-    .venv/bin/python -m pytest tests/trainables/test_evaluation_bench.py -q
+    .venv/bin/python -m pytest tests/trainables/test_evaluation_bench.py -q -m slow
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ def has_history() -> bool:
     return probe.returncode == 0
 
 
+@pytest.mark.slow  # two worker processes, each importing torch and tokenising the set
 @pytest.mark.skipif(not has_history(), reason="needs the repository's git history")
 def test_before_and_after_agree_and_the_report_holds_together(bench, tmp_path, capsys):
     out = tmp_path / "bench.json"
