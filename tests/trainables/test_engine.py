@@ -184,6 +184,8 @@ def test_sum_surgery_equals_plain_backward_and_adamw(ds_env) -> None:
     # torch's fused AdamW kernel, not the for-loop form (4-5x slower on MiniLM's parameters)
     assert isinstance(engine.optimizer, torch.optim.AdamW)
     assert all(group["fused"] for group in engine.optimizer.param_groups)
+    # the defaults: one group of every parameter at train.lr, no lr scheduler
+    assert len(engine.optimizer.param_groups) == 1 and engine.lr_scheduler is None
     for batch in _batches(seed=5):
         assert optimizer_step(engine, engine.module.losses(batch), [], SumGradients()) == {}
     _assert_same_params(engine.module, reference)
@@ -250,21 +252,6 @@ def test_bf16_engine_steps_with_pcgrad(ds_env) -> None:
     assert all(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
 
 
-def test_warmup_decay_schedule(ds_env) -> None:
-    torch.manual_seed(5)
-    engine = build_engine(TinyMultitask(), _train(0, warmup_ratio=0.5), total_steps=4)
-    lrs = []
-    for batch in _batches():
-        optimizer_step(engine, engine.module.losses(batch), [], SumGradients())
-        lrs.append(engine.get_lr()[0])
-    peak = lrs.index(max(lrs))
-    assert max(lrs) == pytest.approx(1e-2)  # warmup reaches train.lr, then decays
-    assert lrs[: peak + 1] == sorted(lrs[: peak + 1]) and lrs[peak:] == sorted(
-        lrs[peak:], reverse=True
-    )
-    assert lrs[-1] < max(lrs)
-
-
 def test_zero3_refuses_task_gradients_but_steps_the_plain_sum(ds_env) -> None:
     torch.manual_seed(6)
     linear = torch.nn.functional.linear
@@ -312,33 +299,14 @@ def test_deepspeed_config_values() -> None:
     assert config["zero_optimization"] == {"stage": 2}
     assert config["bf16"] == {"enabled": False}
     assert config["steps_per_print"] >= 10**9 and config["wall_clock_breakdown"] is False
+    # no DeepSpeed scheduler, ever: the lr schedule is the engine's LambdaLR
+    # (tests/trainables/test_lr_schedule.py), the one thing that changes the rate
     assert "scheduler" not in config
     assert deepspeed_config(TrainConfig(grad_clip=0.5))["gradient_clipping"] == 0.5
     assert deepspeed_config(TrainConfig(deepspeed={"zero_stage": 3}))["zero_optimization"] == {
         "stage": 3,
         "memory_efficient_linear": False,
     }
-
-
-def test_deepspeed_config_scheduler() -> None:
-    train = TrainConfig(lr=3e-4, warmup_ratio=0.1)
-    assert "scheduler" not in deepspeed_config(train)  # no total steps: constant lr
-    scheduler = deepspeed_config(train, total_steps=1000)["scheduler"]
-    assert scheduler == {
-        "type": "WarmupDecayLR",
-        "params": {
-            "total_num_steps": 1000,
-            "warmup_min_lr": 0.0,
-            "warmup_max_lr": 3e-4,
-            "warmup_num_steps": 100,
-            "warmup_type": "linear",
-        },
-    }
-    assert "scheduler" not in deepspeed_config(TrainConfig(warmup_ratio=0.0), total_steps=1000)
-    # total_steps counts optimizer_step calls; the schedule counts optimizer steps.
-    accum = deepspeed_config(TrainConfig(warmup_ratio=0.1, grad_accum=4), total_steps=1001)
-    assert accum["scheduler"]["params"]["total_num_steps"] == 251
-    assert accum["scheduler"]["params"]["warmup_num_steps"] == 25
 
 
 def test_bf16_selection() -> None:

@@ -73,7 +73,6 @@ class TrainConfig(_Strict):
     # AdamW decoupled weight decay; 0 turns it off
     weight_decay: float = Field(default=1e-4, ge=0.0)
     grad_clip: float = Field(default=1.0, ge=0.0)  # max global grad norm; 0 turns clipping off
-    warmup_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
     seed: int = 11711
     evals_per_epoch: int = Field(default=2, ge=1)  # dev evaluations (and reports) per epoch
     # stop after this many multitask steps (smoke runs)
@@ -267,9 +266,18 @@ def format_validation_error(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+# Keys that once existed, and what replaced them: an old config gets the way forward.
+_REPLACED = {
+    "train.warmup_ratio": "the learning-rate schedule is now the extensions.lr_schedule "
+    "toggle: set extensions.lr_schedule=true and extensions.lr_schedule_warmup=<share>",
+}
+
+
 def _suggest(key: str) -> str:
     import difflib
 
+    if key in _REPLACED:
+        return _REPLACED[key]
     close = difflib.get_close_matches(key, sorted(known_keys()), n=1, cutoff=0.6)
     if close:
         return f"did you mean '{close[0]}'?"

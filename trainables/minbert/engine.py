@@ -1,12 +1,21 @@
 """DeepSpeed as the training engine: its config from a trial's TrainConfig, and one training step.
 
-    engine = build_engine(model, cfg.train, total_steps=1000)
+    engine = build_engine(model, cfg.train, total_steps=1000,
+                          param_groups=make_param_groups(cfg), lr_schedule=make_lr_schedule(cfg))
     for step in plan:
         losses = {t: loss_of(engine.module, t, batch[t]) for t in step}
         stats = optimizer_step(engine, losses, shared_params(engine.module), surgery)
 
 Single-process runs (tests, one trial per Tune worker) get a one-rank process group on
 127.0.0.1; Ray Train sets the rendezvous variables itself for multi-worker runs.
+
+The optimizer is AdamW over the param groups of the trial's `ParamGroups` (one group at
+train.lr by default, layer-wise decay with `extensions.llrd`); the learning rate follows the
+trial's `LrSchedule` (constant by default, warm-up and decay with `extensions.lr_schedule`),
+given to DeepSpeed as a torch LambdaLR, the engine's lr scheduler: it scales each group's own
+rate (DeepSpeed's WarmupDecayLR would write one rate into every group), DeepSpeed steps it at
+every optimizer step and saves and restores its state with the engine checkpoint. The config
+dict never names a DeepSpeed scheduler, so nothing else schedules the rate.
 
 DeepSpeed JIT-compiles two C++ ops on CPU that this module avoids:
 - FusedAdam, for an Adam/AdamW optimizer: `"torch_adam": true` uses torch.optim.AdamW instead,
@@ -20,15 +29,22 @@ DeepSpeed JIT-compiles two C++ ops on CPU that this module avoids:
 
 from __future__ import annotations
 
-import math
 import os
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from trainables.errors import ConfigError
 from trainables.minbert.config import TrainConfig
+from trainables.minbert.extensions.optimization import (
+    ConstantLr,
+    LrSchedule,
+    ParamGroups,
+    SingleGroup,
+    optimizer_param_groups,
+)
 from trainables.minbert.extensions.surgery import GradientSurgery
 
 if TYPE_CHECKING:
@@ -41,7 +57,9 @@ __all__ = [
     "deepspeed_config",
     "ensure_single_process_env",
     "hardware_has_bf16",
+    "lr_scheduler_factory",
     "optimizer_step",
+    "optimizer_steps",
     "use_bf16",
 ]
 
@@ -113,22 +131,16 @@ def use_bf16(precision: str, hardware_bf16: bool | None = None) -> bool:
 
 
 def deepspeed_config(
-    train: TrainConfig,
-    world_size: int = 1,
-    total_steps: int | None = None,
-    hardware_bf16: bool | None = None,
+    train: TrainConfig, world_size: int = 1, hardware_bf16: bool | None = None
 ) -> dict[str, Any]:
     """The DeepSpeed config dict for a trial's training section.
+
+    It names no scheduler: the learning-rate schedule is the `LrSchedule` that `build_engine`
+    hands DeepSpeed as the engine's lr scheduler, the one way the rate changes in a run.
 
     Args:
         train: the trial's TrainConfig; `batch_size` is per worker and micro-step.
         world_size: data-parallel workers; train_batch_size = batch * grad_accum * world_size.
-        total_steps: training steps of the whole run, i.e. calls to `optimizer_step`; the
-            schedule counts optimizer steps, ceil(total_steps / grad_accum). With it and
-            `warmup_ratio > 0`, the learning rate warms up linearly from 0 over the first
-            warmup_ratio of the optimizer steps and then decays linearly to 0 at the last
-            (DeepSpeed's WarmupDecayLR, the BERT recipe). Otherwise the learning rate stays
-            constant, as in the CS224N starter.
         hardware_bf16: passed to `use_bf16` for precision "auto"; None asks the hardware.
 
     Returns:
@@ -160,21 +172,44 @@ def deepspeed_config(
         "steps_per_print": _NEVER_PRINT,
         "wall_clock_breakdown": False,
     }
-    if total_steps is not None and train.warmup_ratio > 0:
-        if total_steps < 1:
-            raise ValueError(f"total_steps must be at least 1, got {total_steps}")
-        optimizer_steps = math.ceil(total_steps / train.grad_accum)
-        config["scheduler"] = {
-            "type": "WarmupDecayLR",
-            "params": {
-                "total_num_steps": optimizer_steps,
-                "warmup_min_lr": 0.0,
-                "warmup_max_lr": train.lr,
-                "warmup_num_steps": max(1, round(train.warmup_ratio * optimizer_steps)),
-                "warmup_type": "linear",
-            },
-        }
     return config
+
+
+def optimizer_steps(total_steps: int, grad_accum: int) -> int:
+    """Optimizer steps in a run of `total_steps` calls to `optimizer_step` (at least 1).
+
+    The engine updates at every grad_accum-th call; calls after the last full accumulation
+    never reach an update, so they do not count.
+    """
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be at least 1, got {total_steps}")
+    return max(1, total_steps // grad_accum)
+
+
+def lr_scheduler_factory(
+    schedule: LrSchedule, total: int | None
+) -> Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler] | None:
+    """What `deepspeed.initialize(lr_scheduler=...)` gets for `schedule` over `total`
+    optimizer steps: None (no scheduler, a constant rate) when the schedule is constant, else
+    a callable that DeepSpeed calls with the torch optimizer it built (ZeRO and bf16 wrap it
+    but keep its param groups), making a torch LambdaLR of it.
+
+    LambdaLR sets each group's rate to that group's initial rate times the multiplier, so
+    per-group ratios survive. Its state (steps taken, initial rates) is plain numbers,
+    restored from the engine checkpoint through the weights-only loader; the groups' current
+    rates come back with the optimizer state."""
+    if schedule.constant:
+        return None
+    if total is None:
+        raise ValueError(f"{type(schedule).__name__} needs the run's total_steps")
+
+    def multiplier(step: int) -> float:  # a plain function: LambdaLR saves no state of it
+        return schedule.multiplier(step, total)
+
+    def build(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+
+    return build
 
 
 def _zero_section(stage: int) -> dict[str, Any]:
@@ -188,7 +223,11 @@ def _zero_section(stage: int) -> dict[str, Any]:
 
 
 def build_engine(
-    model: torch.nn.Module, train: TrainConfig, total_steps: int | None = None
+    model: torch.nn.Module,
+    train: TrainConfig,
+    total_steps: int | None = None,
+    param_groups: ParamGroups | None = None,
+    lr_schedule: LrSchedule | None = None,
 ) -> deepspeed.DeepSpeedEngine:
     """Wrap `model` in a DeepSpeed engine (AdamW, ZeRO stage and precision from `train`).
 
@@ -199,7 +238,11 @@ def build_engine(
     Args:
         model: the multitask model; its trainable parameters are optimised.
         train: the trial's TrainConfig (pcgrad with ZeRO-3 was refused by its validator).
-        total_steps: calls to `optimizer_step` in the whole run, for the warmup/decay schedule.
+        total_steps: calls to `optimizer_step` in the whole run; a schedule that is not
+            constant needs it (it runs over `optimizer_steps(total_steps, grad_accum)`).
+        param_groups: how the trainable parameters split into AdamW groups, each at train.lr
+            times its scale, all with train.weight_decay; None: one group (`SingleGroup`).
+        lr_schedule: the multiplier on each group's rate per optimizer step; None: constant.
     """
     import deepspeed
 
@@ -219,9 +262,15 @@ def build_engine(
         compatible_ops = getattr(deepspeed.ops, "__compatible_ops__", None)  # probed on 1st use
         if isinstance(compatible_ops, dict):
             compatible_ops[_SHM_COMM_OP] = False
-    config = deepspeed_config(train, world_size=world_size, total_steps=total_steps)
-    params = [p for p in model.parameters() if p.requires_grad]
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=params, config=config)
+    config = deepspeed_config(train, world_size=world_size)
+    groups = optimizer_param_groups(
+        param_groups or SingleGroup(), model, train.lr, train.weight_decay
+    )
+    total = None if total_steps is None else optimizer_steps(total_steps, train.grad_accum)
+    scheduler = lr_scheduler_factory(lr_schedule or ConstantLr(), total)
+    engine, *_ = deepspeed.initialize(
+        model=model, model_parameters=groups, config=config, lr_scheduler=scheduler
+    )
     return engine
 
 
