@@ -10,8 +10,20 @@ import torch
 
 from trainables.errors import ConfigError
 from trainables.minbert.config import TrialConfig, load_trial_config
+from trainables.minbert.encoder import build_encoder
 from trainables.minbert.extensions import registry
 from trainables.minbert.extensions.cosine_sts import CosineSimilarity
+from trainables.minbert.extensions.llrd import LayerwiseLrDecay
+from trainables.minbert.extensions.lr_schedule import WarmupDecay
+from trainables.minbert.extensions.optimization import (
+    ConstantLr,
+    LrSchedule,
+    ParamGroups,
+    SingleGroup,
+    make_lr_schedule,
+    make_param_groups,
+    optimizer_param_groups,
+)
 from trainables.minbert.extensions.pair_similarity import (
     PairHead,
     PairSimilarity,
@@ -28,6 +40,7 @@ from trainables.minbert.extensions.phases import (
 from trainables.minbert.extensions.sampling import CycleSampler, ProportionalSampler, TaskSampler
 from trainables.minbert.extensions.sequential_sts import SequentialSts
 from trainables.minbert.extensions.surgery import GradientSurgery
+from trainables.minbert.multitask import MultitaskBert
 
 TASKS = ("sst", "para", "sts")
 
@@ -191,3 +204,86 @@ def test_a_factory_of_the_wrong_interface_is_refused(monkeypatch: pytest.MonkeyP
         registry.build_active("surgery", cfg, GradientSurgery)
     assert registry.active_toggle("surgery", cfg.to_flat_dict()) is not None
     assert registry.active_toggle("phases", cfg.to_flat_dict()) is None
+
+
+# ------------------------------------------------------------------ ParamGroups
+TINY_BERT = ["model.checkpoint=random", "model.hidden_size=16", "model.num_layers=2"]
+GROUPINGS = {
+    "single": lambda: (SingleGroup(), _cfg()),
+    "llrd": lambda: (
+        LayerwiseLrDecay(_cfg("extensions.llrd=true")),
+        _cfg("extensions.llrd=true"),
+    ),
+}
+
+
+@pytest.fixture(params=sorted(GROUPINGS))
+def grouping_and_cfg(request: pytest.FixtureRequest) -> tuple[ParamGroups, TrialConfig]:
+    grouping, cfg = GROUPINGS[request.param]()
+    return grouping, cfg
+
+
+class TestParamGroupsContract:
+    def test_is_param_groups_built_from_its_toggle(
+        self, grouping_and_cfg: tuple[ParamGroups, TrialConfig]
+    ) -> None:
+        grouping, cfg = grouping_and_cfg
+        assert isinstance(grouping, ParamGroups)
+        assert type(make_param_groups(cfg)) is type(grouping)
+
+    def test_every_trainable_parameter_once_at_a_rate_up_to_train_lr(
+        self, grouping_and_cfg: tuple[ParamGroups, TrialConfig]
+    ) -> None:
+        grouping, _ = grouping_and_cfg
+        torch.manual_seed(0)
+        _, encoder = build_encoder(_cfg(*TINY_BERT))
+        model = MultitaskBert(encoder, 0.1, freeze_word_embeddings=True)
+        groups = optimizer_param_groups(grouping, model, 1e-3, 0.01)  # checks the cover
+        in_groups = [p for g in groups for p in g["params"]]
+        assert len(in_groups) == len({id(p) for p in in_groups})
+        assert {id(p) for p in in_groups} == {id(p) for p in model.parameters() if p.requires_grad}
+        assert groups[0]["lr"] == 1e-3  # the heads' rate, which the trainer logs, is train.lr
+        assert all(0 < g["lr"] <= 1e-3 and g["weight_decay"] == 0.01 for g in groups)
+        again = optimizer_param_groups(grouping, model, 1e-3, 0.01)  # no state: the same
+        assert [(g["lr"], len(g["params"])) for g in again] == [
+            (g["lr"], len(g["params"])) for g in groups
+        ]
+
+
+# ------------------------------------------------------------------ LrSchedule
+SCHEDULES = {
+    "constant": lambda: (ConstantLr(), _cfg()),
+    "linear": lambda: (
+        WarmupDecay(_cfg("extensions.lr_schedule=true")),
+        _cfg("extensions.lr_schedule=true"),
+    ),
+    "cosine": lambda: (
+        WarmupDecay(_cfg("extensions.lr_schedule=true", "extensions.lr_schedule_decay=cosine")),
+        _cfg("extensions.lr_schedule=true", "extensions.lr_schedule_decay=cosine"),
+    ),
+}
+
+
+@pytest.fixture(params=sorted(SCHEDULES))
+def schedule_and_cfg(request: pytest.FixtureRequest) -> tuple[LrSchedule, TrialConfig]:
+    schedule, cfg = SCHEDULES[request.param]()
+    return schedule, cfg
+
+
+class TestLrScheduleContract:
+    def test_is_a_schedule_built_from_its_toggle(
+        self, schedule_and_cfg: tuple[LrSchedule, TrialConfig]
+    ) -> None:
+        schedule, cfg = schedule_and_cfg
+        assert isinstance(schedule, LrSchedule)
+        assert type(make_lr_schedule(cfg)) is type(schedule)
+
+    @pytest.mark.parametrize("total", [1, 2, 7, 100])
+    def test_multipliers_in_0_1_reach_1_and_depend_on_the_step_alone(
+        self, schedule_and_cfg: tuple[LrSchedule, TrialConfig], total: int
+    ) -> None:
+        schedule, _ = schedule_and_cfg
+        steps = [schedule.multiplier(s, total) for s in range(total)]
+        assert all(0.0 <= m <= 1.0 for m in steps) and max(steps) == 1.0
+        assert steps == [schedule.multiplier(s, total) for s in range(total)]
+        assert all(m == 1.0 for m in steps) or not schedule.constant

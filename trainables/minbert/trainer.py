@@ -39,6 +39,7 @@ from trainables.minbert.data import TASKS, EncodedSplit, load_multitask_data
 from trainables.minbert.encoder import build_encoder
 from trainables.minbert.engine import build_engine, optimizer_step
 from trainables.minbert.evaluation import evaluate, to_device
+from trainables.minbert.extensions.optimization import make_lr_schedule, make_param_groups
 from trainables.minbert.extensions.pair_similarity import make_pair_similarity
 from trainables.minbert.extensions.phases import make_phases
 from trainables.minbert.extensions.surgery import make_surgery
@@ -116,7 +117,13 @@ class MultitaskTrainer:
         self.surgery = make_surgery(cfg)
         self.schedule = build_schedule(self.phases, self._batches_per_task, cfg.train.max_steps)
         self.total_steps = sum(len(epoch.steps) for epoch in self.schedule)
-        self.engine = build_engine(model, cfg.train, total_steps=self.total_steps)
+        self.engine = build_engine(
+            model,
+            cfg.train,
+            total_steps=self.total_steps,
+            param_groups=make_param_groups(cfg),
+            lr_schedule=make_lr_schedule(cfg),
+        )
         self.model: MultitaskBert = self.engine.module
         self.shared_params = self.model.shared_parameters()
         if self.resume_from is not None:

@@ -160,6 +160,43 @@ BUILTIN: tuple[Toggle, ...] = (
             )
         },
     ),
+    Toggle(
+        name="llrd",
+        short="llrd",
+        label="Layer-wise LR Decay",
+        kind="param_groups",
+        factory="trainables.minbert.extensions.llrd:LayerwiseLrDecay",
+        help="layer-wise learning-rate decay (Howard & Ruder 2018, Clark et al. 2020)",
+        options={
+            "llrd_decay": (
+                float,
+                Field(
+                    0.9,
+                    gt=0.0,
+                    le=1.0,
+                    description="lr factor per encoder layer down from the heads",
+                ),
+            )
+        },
+    ),
+    Toggle(
+        name="lr_schedule",
+        short="schedule",
+        label="LR Schedule",
+        kind="lr_schedule",
+        factory="trainables.minbert.extensions.lr_schedule:WarmupDecay",
+        help="linear warm-up from 0, then linear or cosine decay to 0 (the BERT recipe)",
+        options={
+            "lr_schedule_warmup": (
+                float,
+                Field(0.1, ge=0.0, lt=1.0, description="share of the optimizer steps warming up"),
+            ),
+            "lr_schedule_decay": (
+                Literal["linear", "cosine"],
+                Field("linear", description="decay after the warm-up: linear or cosine"),
+            ),
+        },
+    ),
 )
 
 
