@@ -22,7 +22,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -722,82 +721,7 @@ def test_fifty_short_trials_all_accounted_for_and_memory_flat(tmp_path, cli):
 # these start lives under its own short RAY_TMPDIR (Ray's socket paths must stay under 108
 # bytes), so that the processes of this test's Ray, and only those, can be found and killed
 # at the end: `ray stop` would stop every other Ray on the machine too.
-class RaySession:
-    """The `hpsearch` commands of one test and the Ray processes they start."""
-
-    def __init__(self, ray_tmp: Path, base_env: dict[str, str]) -> None:
-        self.ray_tmp = ray_tmp
-        self.base_env = base_env
-        self.started: list[subprocess.Popen] = []
-
-    def env(self, **extra: str) -> dict[str, str]:
-        return _env(self.base_env, RAY_TMPDIR=str(self.ray_tmp), RAY_DEDUP_LOGS="0", **extra)
-
-    def start(self, args: list[str], log: Path, **extra: str) -> subprocess.Popen:
-        proc = _hpsearch(args, REPO, self.env(**extra), log)
-        self.started.append(proc)
-        return proc
-
-    def run(self, args: list[str], log: Path, timeout: float, **extra: str) -> str:
-        """Run `hpsearch ARGS` to its end; its output, or AssertionError on failure."""
-        proc = self.start(args, log, **extra)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"hpsearch {args[0]} still running after {timeout} s") from None
-        out = log.read_text()
-        assert proc.returncode == 0, f"hpsearch {args[0]} exited {proc.returncode}:\n{out[-6000:]}"
-        return out
-
-    def processes(self) -> list:
-        """Every live process of this session: the commands started, Ray's processes (their
-        command lines name RAY_TMPDIR) and everything those started."""
-        import psutil
-
-        found: dict[int, psutil.Process] = {}
-        for proc in psutil.process_iter(["cmdline"]):
-            if any(str(self.ray_tmp) in arg for arg in proc.info["cmdline"] or ()):
-                found[proc.pid] = proc
-        for popen in self.started:
-            try:
-                if popen.poll() is None:
-                    found[popen.pid] = psutil.Process(popen.pid)
-            except psutil.Error:
-                pass
-        for proc in list(found.values()):
-            try:
-                found.update((child.pid, child) for child in proc.children(recursive=True))
-            except psutil.Error:
-                pass
-        return [p for p in found.values() if p.pid != os.getpid()]
-
-    def kill_all(self) -> None:
-        """SIGKILL every process of this session (all at once, so that nothing respawns)."""
-        import psutil
-
-        for _ in range(3):  # a process may start a child between the listing and the kill
-            procs = self.processes()
-            if not procs:
-                break
-            for proc in procs:
-                try:
-                    proc.kill()
-                except psutil.Error:
-                    pass
-            psutil.wait_procs(procs, timeout=30)
-        for popen in self.started:
-            popen.wait(timeout=30)
-
-
-@pytest.fixture
-def ray_session(child_environ):
-    ray_tmp = Path(tempfile.mkdtemp(prefix="hps-ray-", dir="/tmp"))
-    session = RaySession(ray_tmp, child_environ)
-    try:
-        yield session
-    finally:
-        session.kill_all()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+# RaySession and the ray_session fixture: tests/hpsearch/conftest.py.
 
 
 def _sweep_args(space: Path, storage: Path, *extra: str) -> list[str]:
