@@ -9,12 +9,20 @@ import pytest
 import torch
 
 from trainables.errors import ConfigError
+from trainables.minbert.batching import EncodedSplit
 from trainables.minbert.config import TrialConfig, load_trial_config
 from trainables.minbert.encoder import build_encoder
 from trainables.minbert.extensions import registry
 from trainables.minbert.extensions.cosine_sts import CosineSimilarity
 from trainables.minbert.extensions.llrd import LayerwiseLrDecay
+from trainables.minbert.extensions.loss_terms import (
+    LossTerm,
+    RandomState,
+    TaskOutput,
+    make_loss_terms,
+)
 from trainables.minbert.extensions.lr_schedule import WarmupDecay
+from trainables.minbert.extensions.mnrl import MultipleNegativesRanking
 from trainables.minbert.extensions.optimization import (
     ConstantLr,
     LrSchedule,
@@ -39,8 +47,12 @@ from trainables.minbert.extensions.phases import (
 )
 from trainables.minbert.extensions.sampling import CycleSampler, ProportionalSampler, TaskSampler
 from trainables.minbert.extensions.sequential_sts import SequentialSts
+from trainables.minbert.extensions.smart import Smart
 from trainables.minbert.extensions.surgery import GradientSurgery
-from trainables.minbert.multitask import MultitaskBert
+from trainables.minbert.hf_folder import minilm_dir
+from trainables.minbert.model import BertConfig, BertModel
+from trainables.minbert.multitask import MultitaskBert, task_loss
+from trainables.minbert.tokenizer import WordPieceTokenizer
 
 TASKS = ("sst", "para", "sts")
 
@@ -287,3 +299,90 @@ class TestLrScheduleContract:
         assert all(0.0 <= m <= 1.0 for m in steps) and max(steps) == 1.0
         assert steps == [schedule.multiplier(s, total) for s in range(total)]
         assert all(m == 1.0 for m in steps) or not schedule.constant
+
+
+# ------------------------------------------------------------------ LossTerm
+LOSS_TERMS = {
+    "mnrl": (MultipleNegativesRanking, ["extensions.mnrl=true"]),
+    "smart": (Smart, ["extensions.smart=true", "extensions.smart_epsilon=0.05"]),
+}
+
+
+@pytest.fixture(params=sorted(LOSS_TERMS))
+def loss_term(request: pytest.FixtureRequest) -> LossTerm:
+    kind, overrides = LOSS_TERMS[request.param]
+    (built,) = make_loss_terms(_cfg(*overrides))
+    assert type(built) is kind
+    return built
+
+
+@pytest.fixture(scope="module")
+def term_model_and_batches() -> tuple[MultitaskBert, dict[str, dict]]:
+    tokenizer = WordPieceTokenizer.from_checkpoint(minilm_dir())
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=16,
+        num_layers=1,
+        num_heads=2,
+        intermediate_size=32,
+    )
+    torch.manual_seed(0)
+    model = MultitaskBert(BertModel.from_config(config, seed=0), 0.1).train()
+    texts = ["A dog runs.", "Why is the sky blue?", "The cat sat on the mat.", "Is it?"]
+    first, second = tokenizer.encode(texts, 16), tokenizer.encode(texts[::-1], 16)
+    ids = [str(i) for i in range(4)]
+    labels = {
+        "sst": torch.tensor([0, 4, 2, 1]),
+        "para": torch.tensor([1, 0, 1, 0]),
+        "sts": torch.tensor([4.5, 1.0, 5.0, 2.0]),
+    }
+    splits = {
+        "sst": EncodedSplit("sst", "train", ids, labels["sst"], tokens=first),
+        **{
+            t: EncodedSplit(t, "train", ids, labels[t], tokens_a=first, tokens_b=second)
+            for t in ("para", "sts")
+        },
+    }
+    layout = {"sst": "sides", "para": "sentences", "sts": "sides"}
+    return model, {
+        t: s.make_batch(range(4), tokenizer, layout[t])  # type: ignore[arg-type]
+        for t, s in splits.items()
+    }
+
+
+@pytest.mark.usefixtures("torch_one_thread")
+class TestLossTermContract:
+    def test_names_its_tasks_and_its_log_key(self, loss_term: LossTerm) -> None:
+        assert loss_term.tasks and loss_term.tasks <= set(TASKS)
+        assert loss_term.name.isidentifier() and loss_term.name.islower()
+        assert isinstance(loss_term.replays_dropout, bool)
+
+    def test_adds_a_finite_scalar_to_its_tasks_and_nothing_to_the_others(
+        self, loss_term: LossTerm, term_model_and_batches: tuple[MultitaskBert, dict[str, dict]]
+    ) -> None:
+        model, batches = term_model_and_batches
+        for task, batch in batches.items():
+            values: dict[str, torch.Tensor] = {}
+            torch.manual_seed(1)
+            total = model.loss(batch, [loss_term], values)
+            torch.manual_seed(1)
+            plain = task_loss(batch, model(batch))
+            if task not in loss_term.tasks:
+                assert values == {} and torch.equal(total, plain)
+                continue
+            value = values[f"{loss_term.name}_{task}"]
+            assert value.shape == () and bool(torch.isfinite(value)) and not value.requires_grad
+            assert total.item() == pytest.approx(plain.item() + value.item(), rel=1e-5)
+
+    def test_its_gradient_reaches_the_shared_encoder(
+        self, loss_term: LossTerm, term_model_and_batches: tuple[MultitaskBert, dict[str, dict]]
+    ) -> None:
+        model, batches = term_model_and_batches
+        for task in sorted(loss_term.tasks):
+            state = RandomState(torch.device("cpu"))  # before the forward, as the model does
+            preds, embeddings = model.forward_with_embeddings(batches[task])
+            out = TaskOutput(batches[task], preds, embeddings, state)
+            value = loss_term(model, out)
+            assert value is not None
+            grads = torch.autograd.grad(value, model.shared_parameters(), allow_unused=True)
+            assert any(g is not None and bool(g.abs().sum() > 0) for g in grads), task

@@ -19,11 +19,15 @@ rounding; the first computes far less padding.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from trainables.minbert.batching import Batch
+from trainables.minbert.extensions.loss_terms import LossTerm, RandomState, TaskOutput
 from trainables.minbert.extensions.pair_similarity import PairHead, PairSimilarity
 from trainables.minbert.model import BertModel, mean_pool
 
@@ -135,27 +139,81 @@ class MultitaskBert(nn.Module):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Predictions of the batch's task: SST logits (B, 5), Quora logits (B,), STS scores (B,)."""
+        return self.forward_with_embeddings(batch)[0]
+
+    def forward_with_embeddings(
+        self, batch: Batch
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """The predictions and the sentence embeddings the head was given, before its dropout:
+        (u, v) of a siamese pair batch, (u,) of SST or a packed pair (what loss terms use)."""
         task = batch["task"]
         if task == "sst":
-            logits: torch.Tensor = self.sst_head(self.dropout(self.embed(batch["inputs"])))
-            return logits
+            emb = self.embed(batch["inputs"])
+            logits: torch.Tensor = self.sst_head(self.dropout(emb))
+            return logits, (emb,)
         head = self.para_head if task == "para" else self.sts_head
         if "sentences" in batch or "inputs_a" in batch:
             u, v = self._embed_pair(batch)
             if head.dropout_before:
-                u, v = self.dropout(u), self.dropout(v)
-            pair_scores: torch.Tensor = head(u, v)
-            return pair_scores
+                pair_scores: torch.Tensor = head(self.dropout(u), self.dropout(v))
+            else:
+                pair_scores = head(u, v)
+            return pair_scores, (u, v)
         packed = self.embed(batch["inputs"])
         scores: torch.Tensor = head(self.dropout(packed) if head.dropout_before else packed)
-        return scores
+        return scores, (packed,)
 
-    def loss(self, batch: Batch) -> torch.Tensor:
-        """The task's training loss on a batch."""
-        preds = self(batch)
-        labels = batch["labels"]
-        if batch["task"] == "sst":
-            return F.cross_entropy(preds, labels)
-        if batch["task"] == "para":
-            return F.binary_cross_entropy_with_logits(preds, labels.to(preds.dtype))
-        return F.mse_loss(preds, labels.to(preds.dtype))
+    def forward_perturbed(
+        self,
+        batch: Batch,
+        perturb: Callable[[torch.Tensor], torch.Tensor],
+        random_state: RandomState | None = None,
+    ) -> torch.Tensor:
+        """`forward(batch)` with `perturb` applied to the encoder's embedding-layer output
+        (SMART's x + delta), under the random draws of `random_state` when given (the clean
+        forward's dropout masks). The hook lives for this call only: `forward` has none."""
+        hook = self.encoder.embeddings.register_forward_hook(lambda _m, _i, out: perturb(out))
+        try:
+            with random_state.replay() if random_state is not None else contextlib.nullcontext():
+                preds: torch.Tensor = self(batch)
+        finally:
+            hook.remove()
+        return preds
+
+    def loss(
+        self,
+        batch: Batch,
+        terms: Sequence[LossTerm] = (),
+        term_values: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The task's training loss on a batch, plus every loss term of `terms` that applies
+        to its task; each term's value also goes (detached) to `term_values` as
+        "<term>_<task>". With no term for the task this is the plain loss, computed as ever."""
+        task = batch["task"]
+        applicable = [t for t in terms if task in t.tasks]
+        if not applicable:
+            return task_loss(batch, self(batch))
+        device = batch["labels"].device
+        replay = any(t.replays_dropout for t in applicable)
+        random_state = RandomState(device) if replay else None  # before the forward draws
+        preds, embeddings = self.forward_with_embeddings(batch)
+        out = TaskOutput(batch, preds, embeddings, random_state)
+        total = task_loss(batch, preds)
+        for term in applicable:
+            value = term(self, out)
+            if value is not None:
+                total = total + value
+                if term_values is not None:
+                    term_values[f"{term.name}_{task}"] = value.detach()
+        return total
+
+
+def task_loss(batch: Batch, preds: torch.Tensor) -> torch.Tensor:
+    """The task's own loss of its predictions: cross-entropy (SST), binary cross-entropy on the
+    logit (Quora), mean squared error (STS)."""
+    labels = batch["labels"]
+    if batch["task"] == "sst":
+        return F.cross_entropy(preds, labels)
+    if batch["task"] == "para":
+        return F.binary_cross_entropy_with_logits(preds, labels.to(preds.dtype))
+    return F.mse_loss(preds, labels.to(preds.dtype))

@@ -39,6 +39,7 @@ from trainables.minbert.data import TASKS, EncodedSplit, load_multitask_data
 from trainables.minbert.encoder import build_encoder
 from trainables.minbert.engine import build_engine, optimizer_step
 from trainables.minbert.evaluation import evaluate, to_device
+from trainables.minbert.extensions.loss_terms import make_loss_terms
 from trainables.minbert.extensions.optimization import make_lr_schedule, make_param_groups
 from trainables.minbert.extensions.pair_similarity import make_pair_similarity
 from trainables.minbert.extensions.phases import make_phases
@@ -115,6 +116,7 @@ class MultitaskTrainer:
         )
         self.phases = make_phases(cfg, TASKS)
         self.surgery = make_surgery(cfg)
+        self.loss_terms = make_loss_terms(cfg)  # extra terms of the task losses; often none
         self.schedule = build_schedule(self.phases, self._batches_per_task, cfg.train.max_steps)
         self.total_steps = sum(len(epoch.steps) for epoch in self.schedule)
         self.engine = build_engine(
@@ -208,7 +210,8 @@ class MultitaskTrainer:
         self.model.train()
         # Batches are built on the CPU; the engine's module lives on its device (a GPU).
         batches = {t: to_device(streams[t].next(), self.engine.device) for t in tasks}
-        losses = {t: self.model.loss(b) for t, b in batches.items()}
+        term_values: dict[str, torch.Tensor] = {}  # "<term>_<task>": a loss term's value
+        losses = {t: self.model.loss(b, self.loss_terms, term_values) for t, b in batches.items()}
         for cb in self.callbacks:
             losses = cb.on_losses(self, step, losses)
         for task, loss in losses.items():
@@ -222,6 +225,7 @@ class MultitaskTrainer:
             self.first_step_at = time.time()  # wall clock: sweep overhead is measured to here
         logs: dict[str, Any] = {"step": self.step, "lr": self.engine.get_lr()[0]}
         logs.update({f"loss_{t}": loss.item() for t, loss in losses.items()})
+        logs.update({f"loss_{k}": v.item() for k, v in term_values.items()})
         logs.update({f"pcgrad_{k.replace('/', '_')}": v for k, v in stats.items()})
         self._recent.append(logs)
         return logs

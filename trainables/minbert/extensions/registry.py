@@ -161,6 +161,72 @@ BUILTIN: tuple[Toggle, ...] = (
         },
     ),
     Toggle(
+        name="mnrl",
+        short="mnrl",
+        label="Multiple Negatives Ranking",
+        kind="loss_term",
+        factory="trainables.minbert.extensions.mnrl:MultipleNegativesRanking",
+        help="multiple-negatives ranking loss (Henderson et al. 2017) on positive Quora/STS pairs",
+        options={
+            "mnrl_weight": (
+                float,
+                Field(1.0, gt=0.0, description="weight of the ranking term in its task's loss"),
+            ),
+            "mnrl_scale": (
+                float,
+                Field(20.0, gt=0.0, description="scale (inverse temperature) of the cosines"),
+            ),
+            "mnrl_sts_threshold": (
+                float,
+                Field(
+                    4.0,
+                    ge=0.0,
+                    le=5.0,
+                    description="STS score (0-5) from which a pair is a positive",
+                ),
+            ),
+        },
+        requires={"model.pair_encoding": (("siamese",), "ranks sentence embeddings")},
+    ),
+    Toggle(
+        name="smart",
+        short="smart",
+        label="SMART",
+        kind="loss_term",
+        factory="trainables.minbert.extensions.smart:Smart",
+        help="SMART smoothness regularisation (Jiang et al. 2020) on perturbed embeddings",
+        options={
+            "smart_weight": (
+                float,
+                Field(
+                    1.0, gt=0.0, description="weight of the smoothness term in each task's loss"
+                ),
+            ),
+            "smart_noise_std": (
+                float,
+                Field(1e-5, ge=0.0, description="std of the initial embedding noise"),
+            ),
+            "smart_steps": (
+                int,
+                Field(1, ge=0, le=10, description="projected ascent steps on the perturbation"),
+            ),
+            "smart_step_size": (
+                float,
+                Field(1e-2, gt=0.0, description="ascent step size (per token, infinity norm)"),
+            ),
+            "smart_epsilon": (
+                float,
+                Field(1e-2, gt=0.0, description="radius of the perturbation's infinity-norm ball"),
+            ),
+        },
+        requires={
+            "train.deepspeed.zero_stage": (
+                (0, 1, 2),
+                "takes input gradients outside the engine's backward, untested under ZeRO-3",
+            )
+        },
+    ),
+    Toggle(
         name="llrd",
         short="llrd",
         label="Layer-wise LR Decay",
