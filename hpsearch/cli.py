@@ -194,6 +194,21 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="write the ablation report of an experiment")
     report.add_argument("exp_dir")
 
+    export = commands.add_parser(
+        "export",
+        help="copy an experiment's checkable results (report, results.csv, each finished "
+        "trial's config, summary, metrics and CS224N prediction files) to a new folder",
+    )
+    export.add_argument("exp_dir", help="an experiment folder, or an `hpsearch train` run folder")
+    export.add_argument("dest", help="a new (or empty) folder, e.g. docs/examples/<name>")
+    export.add_argument(
+        "--phases",
+        nargs="+",
+        metavar="PHASE",
+        help="tuned ablations: the phases whose trials' files are copied (default: final "
+        "reference)",
+    )
+
     board = commands.add_parser(
         "tensorboard", help="start TensorBoard on an experiment (127.0.0.1)"
     )
@@ -325,6 +340,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_slurm(args, settings_from_args(args))
     if args.command == "report":
         return _report(Path(args.exp_dir))
+    if args.command == "export":
+        return _export(Path(args.exp_dir), Path(args.dest), args.phases)
     if args.command == "tensorboard":
         exp = Path(args.exp_dir)
         if not exp.is_dir():
@@ -362,6 +379,19 @@ def _report(exp_dir: Path) -> int:
     except ReportError as exc:  # the same one-line contract as ConfigError
         raise ConfigError(str(exc)) from None
     print(f"report written to {out}")
+    return 0
+
+
+def _export(exp_dir: Path, dest: Path, phases: list[str] | None) -> int:
+    from reports import ReportError
+    from reports.export import export_results
+
+    try:
+        written = export_results(exp_dir, dest, phases)
+    except ReportError as exc:  # the same one-line contract as ConfigError
+        raise ConfigError(str(exc)) from None
+    size = sum(p.stat().st_size for p in written)
+    print(f"{len(written)} files ({size / 1e6:.1f} MB) exported to {dest}")
     return 0
 
 
