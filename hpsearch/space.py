@@ -241,7 +241,7 @@ class SearchSpace:
         """The trial's variant: its declared name, or one derived from the extension toggles.
 
         Without `variants`, the name lists the toggles that are on: "baseline", "cosine",
-        "pcgrad", "sequential", "cosine+pcgrad", ..., and "all" for all three.
+        "pcgrad", "sequential", "cosine+pcgrad", ..., and "all" with every registered toggle on.
         """
         return str(self._complete(sampled)[VARIANT_KEY])
 

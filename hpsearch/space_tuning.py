@@ -13,6 +13,10 @@ configuration makes). `hpsearch.ablation` runs the plan; this module only checks
       overrides: {train.max_steps: 200}  # optional: the tuning trials only (a shorter budget)
       reference: {train.lr: 1.0e-5, model.dropout: 0.3}  # optional: fixed settings, same seeds
       baseline: baseline               # optional: the variant the others are compared with
+
+With one variant the plan is "tune, then confirm": one search, then its best configuration
+over the final seeds (at full length, when `tuning.overrides` shortened the search), with no
+comparison between variants (`search_spaces/best_minilm.yaml`).
 """
 
 from __future__ import annotations
@@ -67,8 +71,12 @@ def parse_tuning_section(
                 f"unknown key{did_you_mean(str(key), TUNING_KEYS)}; valid keys: "
                 f"{', '.join(TUNING_KEYS)}",
             )
-    if len(variants) < 2:
-        raise fail("variants", "a tuned ablation compares variants: declare at least two")
+    if not variants:
+        raise fail(
+            "variants",
+            "a tuned plan needs its variants: declare at least one (one variant: tuned, then "
+            "its best re-run over the final seeds; two or more: a tuned ablation)",
+        )
     if not [p for p in params if p.kind != "fixed"]:
         raise fail(
             "parameters",

@@ -64,14 +64,19 @@ def tuned_sections(
     sections: list[tuple[str, list[Any]]] = [
         ("Tuned ablation", [_headline(plan, phases)]),
         ("Scores", [scores_table(phases, settings, variants, split) for split in SPLITS]),
-        (
-            "Effects against the baseline",
-            [
-                effects,
-                survival_table(effects.data, variants, baseline),
-                figures.effects_forest(effects.data, metrics=("dev_overall", "test_overall")),
-            ],
-        ),
+    ]
+    if len(variants) > 1:  # one variant ("tune, then confirm") has nothing to compare with
+        sections.append(
+            (
+                "Effects against the baseline",
+                [
+                    effects,
+                    survival_table(effects.data, variants, baseline),
+                    figures.effects_forest(effects.data, metrics=("dev_overall", "test_overall")),
+                ],
+            )
+        )
+    sections += [
         ("Tuned configurations", [tuned_config_table(plan, phases)]),
         ("Compute", [compute_table(folder, plan, phases)]),
     ]
@@ -91,6 +96,18 @@ def _read_plan(folder: Path) -> dict[str, Any]:
 
 def _headline(plan: dict[str, Any], phases: dict[str, Results]) -> str:
     missing = [p for p in plan["phases"] if p not in phases]
+    seeds = ", ".join(map(str, plan["final_seeds"]))
+    if len(plan["variants"]) == 1:
+        text = (
+            f"'{plan['variants'][0]}' was tuned over {', '.join(plan['parameters'])} in "
+            f"{plan['trials_per_variant']} trials (one Optuna study), selected by "
+            f"{plan['metric']} ({plan['mode']}) on dev among finished trials; its best "
+            f"configuration was then re-run once per final seed ({seeds}), at seeds the tuning "
+            "never used."
+        )
+        if missing:
+            text += f" Not run yet: {', '.join(missing)} (`hpsearch resume` continues)."
+        return text
     text = (
         f"Each of the {len(plan['variants'])} variants ({', '.join(plan['variants'])}) was "
         f"tuned on its own over {', '.join(plan['parameters'])} with the same budget, "

@@ -18,6 +18,7 @@ from hpsearch.space import METRICS, SearchSpace
 from hpsearch.space_parser import default_folder, load_search_space, validate_all
 from trainables.errors import ConfigError
 from trainables.minbert.config import TrialConfig
+from trainables.minbert.extensions import registry
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -375,8 +376,9 @@ def test_ray_optuna_search_drives_the_space():
                 "extensions.pcgrad": True,
                 "extensions.sequential_sts": True,
             },
-            "all",
+            "cosine+pcgrad+sequential",  # "all" is every registered toggle, not these three
         ),
+        ({t.key: True for t in registry.toggles()}, "all"),
     ],
 )
 def test_variant_is_derived_from_the_toggles(toggles: dict[str, bool], name: str):

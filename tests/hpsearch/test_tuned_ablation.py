@@ -90,7 +90,7 @@ def test_a_tuned_space_parses_into_its_plan(tmp_path):
     [
         ("parameters", None, True, "declare at least one that is sampled"),
         ("parameters", {"train.lr": 1.0e-3}, False, "declare at least one that is sampled"),
-        ("variants", {"baseline": {}}, False, "declare at least two"),
+        ("variants", None, True, "declare at least one"),
         ("seeds", [1, 2], False, "takes its seeds from tuning.final_seeds"),
         ("search/sampler", "grid", False, "tpe or random"),
         ("search/sampler", "nsga2", False, "cannot tune a variant"),
@@ -223,3 +223,46 @@ def test_tuned_ablation_killed_in_each_phase_resumes_to_the_end(tmp_path, ray_se
     report = (exp / "report" / "report.md").read_text()
     assert "Tuned ablation" in report and "cosine" in report
     assert (exp / "report" / "tuned_scores.csv").is_file()
+
+
+CONFIRM = {  # one variant: "tune, then confirm" (search_spaces/best_minilm.yaml's shape)
+    **{k: v for k, v in TUNED.items() if k not in ("variants", "tuning")},
+    "name": "confirm",
+    "variants": {"recipe": {"extensions.cosine_sts": True}},
+    "tuning": {
+        "trials_per_variant": 2,
+        "final_seeds": [1, 2],
+        "overrides": {"data.max_train_examples": 32},  # the search on less data
+    },
+}
+
+
+def test_one_variant_is_tuned_then_its_best_confirmed_over_the_seeds_at_full_size(tmp_path):
+    space = load_search_space(_write(tmp_path, CONFIRM))
+    assert space.tuning is not None and space.tuning.phases == ["final"]
+    docs = phase_documents(CONFIRM, space.tuning, {"recipe": {"train.lr": 0.003}})
+    assert list(docs) == ["tune-recipe", "final"]
+    assert docs["tune-recipe"]["base"]["data.max_train_examples"] == 32
+    final = docs["final"]
+    assert final["base"]["data.max_train_examples"] == 64  # the overrides were the search's
+    assert final["seeds"] == [1, 2]
+    assert final["variants"] == {"recipe": {"extensions.cosine_sts": True, "train.lr": 0.003}}
+
+
+def test_a_one_variant_plan_runs_and_reports_without_comparisons(tmp_path, cli):
+    """A real tiny 'tune, then confirm': 2 tuning trials on 32 examples, the best re-run at
+    64 examples with seeds 1 and 2; the report has its scores and configuration, and no
+    effects section (there is nothing to compare with)."""
+    space = _write(tmp_path, CONFIRM)
+    cli("sweep", str(space), "--storage-path", str(tmp_path), "--num-cpus", "2", timeout=1200)
+    exp = tmp_path / "confirm"
+    plan = json.loads((exp / ABLATION_FILE).read_text())
+    best = plan["tuned"]["recipe"]
+    finals = [r for r in _phase_records(exp, "final") if r["status"] == "finished"]
+    assert sorted(r["config"]["train.seed"] for r in finals) == [1, 2]
+    for r in finals:
+        assert r["config"]["train.lr"] == best["settings"]["train.lr"]
+        assert r["config"]["data.max_train_examples"] == 64
+    report = (exp / "report" / "report.md").read_text()
+    assert "'recipe' was tuned over train.lr in 2 trials" in report
+    assert "Tuned configurations" in report and "Effects against the baseline" not in report
