@@ -83,6 +83,12 @@ class TrainConfig(_Strict):
     checkpoint_every_evals: int = Field(default=1, ge=0)
     # newest complete checkpoints kept in the run directory
     keep_checkpoints: int = Field(default=2, ge=1)
+    # Selection on dev: the final dev, train and held-out test scores and prediction files are
+    # those of the weights of the best dev evaluation (dev_overall), not of the last step, and
+    # the final report ranks those. On: a trial's result is what one would use, chosen on dev
+    # only; it costs a CPU copy of the weights at each new best and one more dev evaluation at
+    # the end when the last is not the best. Off: the last step's scores, as before.
+    select_best_dev: bool = True
     num_workers: int = Field(default=1, ge=1)  # data-parallel DeepSpeed workers (set by the sweep)
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
 

@@ -3,7 +3,9 @@
 "Checkpoint" means three things in this project, each with its own module:
 - a **run checkpoint** (this module): `RUN/checkpoints/step-NNNNNNNN/`, the DeepSpeed engine
   state (weights, optimizer, scheduler) plus `trainer_state.pt` (step, position in the epoch,
-  random states), sealed by a `MANIFEST.json` of SHA-256 checksums;
+  random states, the best dev evaluation so far) and, when that best evaluation came before
+  the checkpoint's step, its weights in `best_weights.pt`, sealed by a `MANIFEST.json` of
+  SHA-256 checksums;
 - a **Hugging Face checkpoint folder** (`hf_folder.py`): pretrained weights to start from;
 - a **Ray checkpoint**: the run checkpoint a trial reported to Ray Tune with its last result
   (`hpsearch.worker` asks this module whether it is intact before resuming from it).
@@ -19,6 +21,11 @@ included: a tampered file is refused, never unpickled.
     folder = find_checkpoint(run_dir)            # the newest intact one, or ConfigError
     state = load(engine, folder)                 # engine restored; returns the trainer state
     restore_random_states(state)
+
+Selection on dev (`BestCheckpoint`, `train.select_best_dev`): the weights of the run's best
+dev evaluation are kept in memory, a CPU copy of the module's state_dict, and sealed into
+every run checkpoint taken after a later, worse evaluation, so a resumed run knows its best
+so far; the trainer loads them before the final evaluation.
 """
 
 from __future__ import annotations
@@ -26,11 +33,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import pickle
 import random
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +48,14 @@ from trainables.atomic import write_json_atomic
 from trainables.errors import ConfigError
 
 __all__ = [
+    "BEST_WEIGHTS",
     "MANIFEST",
     "TRAINER_STATE",
+    "BestCheckpoint",
     "find_checkpoint",
     "load",
+    "load_module_weights",
+    "module_weights",
     "random_states",
     "restore_random_states",
     "seal",
@@ -54,6 +66,7 @@ __all__ = [
 
 MANIFEST = "MANIFEST.json"
 TRAINER_STATE = "trainer_state.pt"
+BEST_WEIGHTS = "best_weights.pt"  # the module's state_dict at the best dev evaluation
 
 
 def tag_of(step: int) -> str:
@@ -75,14 +88,24 @@ def stage(root: Path, step: int, *, clean: bool) -> Path:
     return staging
 
 
-def seal(staging: Path, root: Path, step: int, trainer_state: dict[str, Any], keep: int) -> Path:
-    """Add the trainer state and the manifest, move the checkpoint into place, prune old ones.
+def seal(
+    staging: Path,
+    root: Path,
+    step: int,
+    trainer_state: dict[str, Any],
+    keep: int,
+    extra_files: Mapping[str, Any] | None = None,
+) -> Path:
+    """Add the trainer state, any `extra_files` ({file name: tensors to torch.save}) and the
+    manifest, move the checkpoint into place, prune old ones.
 
     Returns the sealed folder `root/step-NNNNNNNN`; only the newest `keep` are kept.
     """
     tag = tag_of(step)
     folder = staging / tag
     torch.save(trainer_state, folder / TRAINER_STATE)
+    for name, tensors in (extra_files or {}).items():
+        torch.save(tensors, folder / name)
     files = {
         str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()
     }
@@ -158,6 +181,102 @@ def load(engine: Any, folder: Path) -> dict[str, Any]:
         )
     state: dict[str, Any] = torch.load(folder / TRAINER_STATE, weights_only=True)
     return state
+
+
+def module_weights(engine: Any) -> dict[str, torch.Tensor]:
+    """A CPU copy of the engine's module's state_dict (under ZeRO-3 gathered first, since each
+    rank holds only its partition of the parameters)."""
+    module = engine.module
+    with _gathered(engine, module, modifier_rank=None):
+        return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def load_module_weights(engine: Any, weights: Mapping[str, torch.Tensor]) -> None:
+    """Put `weights` (from `module_weights`) into the engine's module, in place. The optimizer
+    is left as it is: for evaluation after training, not for training on."""
+    module = engine.module
+    with _gathered(engine, module, modifier_rank=0):
+        module.load_state_dict(dict(weights))
+
+
+@contextlib.contextmanager
+def _gathered(engine: Any, module: torch.nn.Module, modifier_rank: int | None) -> Iterator[None]:
+    if engine.zero_optimization_stage() != 3:
+        yield
+        return
+    import deepspeed
+
+    params = list(module.parameters())
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank):
+        yield
+
+
+class BestCheckpoint:
+    """The best dev evaluation of a run so far and its weights (`train.select_best_dev`).
+
+    `offer` keeps an evaluation whose `key` score (dev_overall) is finite and higher than the
+    best so far (the first of equal ones stays); its weights are copied then, to CPU memory,
+    only when it is a new best. A run checkpoint carries the best's record in its trainer
+    state and, when the best came before the checkpoint's step, the weights (`files`); a
+    checkpoint at the best's own step needs no copy, its engine weights are the best's.
+
+    Attributes:
+        record: {"step", "eval", "epoch", "phase", and the dev scores} of the best, or None.
+        weights: its module state_dict on the CPU, or None.
+    """
+
+    def __init__(self, key: str = "dev_overall") -> None:
+        self.key = key
+        self.record: dict[str, Any] | None = None
+        self.weights: dict[str, torch.Tensor] | None = None
+
+    def offer(
+        self, record: dict[str, Any], weights: Callable[[], dict[str, torch.Tensor]]
+    ) -> bool:
+        """Keep `record` (and `weights()`) if it is the best so far; whether it was."""
+        score = record.get(self.key)
+        if not isinstance(score, (int, float)) or not math.isfinite(score):
+            return False
+        if self.record is not None and score <= self.record[self.key]:
+            return False
+        self.record, self.weights = dict(record), weights()
+        return True
+
+    def state_text(self) -> str:
+        """The record as a trainer state keeps it (JSON text; "null" with none yet)."""
+        return json.dumps(self.record)
+
+    def files(self, step: int) -> dict[str, dict[str, torch.Tensor]]:
+        """The extra files of a checkpoint at `step`: the best's weights when it came before."""
+        if self.record is None or self.weights is None or self.record["step"] == step:
+            return {}
+        return {BEST_WEIGHTS: self.weights}
+
+    def restore(
+        self,
+        state_text: str | None,
+        folder: Path,
+        step: int,
+        current: Callable[[], dict[str, torch.Tensor]],
+    ) -> None:
+        """Take up the best of the checkpoint `folder` at `step`: its record, and its weights
+        from `best_weights.pt`, or `current()` (the engine's, just loaded) when the best is the
+        checkpoint's own step. A checkpoint from before selection existed has no record."""
+        record = json.loads(state_text) if state_text else None
+        if record is None:
+            self.record, self.weights = None, None
+            return
+        if record["step"] == step:
+            self.record, self.weights = record, current()
+            return
+        path = folder / BEST_WEIGHTS
+        if not path.is_file():
+            raise ConfigError(
+                f"checkpoint {folder} records its best dev evaluation at step {record['step']} "
+                f"but has no {BEST_WEIGHTS}: resume from another checkpoint or start afresh"
+            )
+        weights: dict[str, torch.Tensor] = torch.load(path, map_location="cpu", weights_only=True)
+        self.record, self.weights = record, weights
 
 
 def random_states() -> dict[str, Any]:

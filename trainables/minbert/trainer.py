@@ -13,9 +13,13 @@ The run directory holds:
     config.json            the resolved trial configuration
     data_report.json       rows dropped per file and why, data notes
     metrics.jsonl          one line per dev evaluation
-    summary.json           final dev / train-subset / held-out test scores, time, memory
-    predictions/           CS224N submission files ({sst,para,sts}-{dev,test}-output.csv)
-    checkpoints/<tag>/     DeepSpeed checkpoints, each sealed by a MANIFEST.json
+    summary.json           final dev / train-subset / held-out test scores, time, memory; with
+                           train.select_best_dev those of the best dev evaluation's weights
+                           (selected_step, selected_eval; the last one's dev as last_dev_*)
+    predictions/           CS224N submission files ({sst,para,sts}-{dev,test}-output.csv),
+                           of the same weights as summary.json's scores
+    checkpoints/<tag>/     DeepSpeed checkpoints, each sealed by a MANIFEST.json (with the
+                           best dev evaluation's weights, best_weights.pt, if it came before)
     tb/                    TensorBoard events
 """
 
@@ -60,6 +64,8 @@ from trainables.minbert.streams import TaskStream, open_streams
 
 __all__ = ["MultitaskTrainer", "train_trial"]
 
+DEV_SCORES = ("dev_sst_acc", "dev_para_acc", "dev_sts_r", "dev_overall")
+
 
 class MultitaskTrainer:
     """One trial's training: set up, train (resumably), evaluate, checkpoint, clean up."""
@@ -91,6 +97,7 @@ class MultitaskTrainer:
         self.train_time_s = 0.0
         self.setup_time_s = 0.0
         self.resumed_from_step = 0  # the step of the checkpoint this run continued from
+        self.best = run_checkpoint.BestCheckpoint()  # the best dev evaluation and its weights
         self._recent: list[dict[str, Any]] = []  # step logs since the last evaluation
         self.first_step_at: float | None = None
 
@@ -252,7 +259,14 @@ class MultitaskTrainer:
         self, phase: str, epoch: float, final: bool = False
     ) -> dict[str, Any]:
         """Dev metrics (and, at the end, train-subset and held-out test metrics too), a
-        checkpoint, and the callbacks. The final evaluation is one report, not two."""
+        checkpoint, and the callbacks. The final evaluation is one report, not two.
+
+        With `train.select_best_dev` each evaluation is offered to `self.best`, and the
+        final one's dev, train and test scores (and prediction files) are those of the best
+        dev evaluation's weights, loaded after the final checkpoint is saved; the last
+        evaluation's dev scores stay as "last_dev_*". Every evaluation before the final is
+        reported as it was measured.
+        """
         recent, self._recent = self._recent, []
         t0 = time.perf_counter()
         metrics: dict[str, Any] = {
@@ -267,7 +281,19 @@ class MultitaskTrainer:
             metrics[f"loss_{task}"] = sum(vals) / len(vals) if vals else None
         rates = [r["pcgrad_conflict_rate"] for r in recent if "pcgrad_conflict_rate" in r]
         metrics["pcgrad_conflict_rate"] = sum(rates) / len(rates) if rates else None
+        self.evals_done += 1
+        if self.cfg.train.select_best_dev:
+            record = {"eval": self.evals_done, **metrics}
+            record = {k: record[k] for k in ("step", "eval", "epoch", "phase", *DEV_SCORES)}
+            self.best.offer(record, lambda: run_checkpoint.module_weights(self.engine))
+        every = self.cfg.train.checkpoint_every_evals
+        checkpoint, save_s = None, 0.0
+        if final or (every and self.evals_done % every == 0):
+            t_save = time.perf_counter()
+            checkpoint = self.save_checkpoint()  # before the final swaps in the best weights
+            save_s = time.perf_counter() - t_save
         if final:
+            metrics.update(self._select_for_final(metrics))
             metrics.update(self.evaluate(self.data.train_eval, "train"))
             metrics.update(self.evaluate(self.data.test, "test", write_predictions=True))
             metrics.update(
@@ -276,7 +302,7 @@ class MultitaskTrainer:
                     "status": "finished",
                     "steps": self.step,
                     # train_time_s stops before this last evaluation; this is its time
-                    "final_eval_s": round(time.perf_counter() - t0, 3),
+                    "final_eval_s": round(time.perf_counter() - t0 - save_s, 3),
                     "epochs": self.cfg.train.epochs,
                     "world_size": self.world_size,
                     "device": str(self.engine.device),  # "cuda:0", "cpu"
@@ -288,14 +314,24 @@ class MultitaskTrainer:
                     "peak_mem_mb": peak_memory_mb(),
                 }
             )
-        self.evals_done += 1
-        every = self.cfg.train.checkpoint_every_evals
-        checkpoint = None
-        if final or (every and self.evals_done % every == 0):
-            checkpoint = self.save_checkpoint()
         for cb in self.callbacks:
             cb.on_evaluate(self, metrics, checkpoint)
         return metrics
+
+    def _select_for_final(self, last: dict[str, Any]) -> dict[str, Any]:
+        """The final evaluation's selection: the last evaluation's dev scores as "last_dev_*",
+        which evaluation was selected ("selected_step", "selected_eval", ...), and, when that
+        is an earlier one, its weights loaded and its dev scores (and dev prediction files)
+        in place of the last's. Without selection, or without a finite dev score, the last."""
+        out: dict[str, Any] = {f"last_{k}": last[k] for k in DEV_SCORES}
+        best = self.best.record if self.cfg.train.select_best_dev else None
+        chosen = best if best is not None else {"eval": self.evals_done, **last}
+        out.update({f"selected_{k}": chosen[k] for k in ("step", "eval", "epoch", "phase")})
+        out["select_best_dev"] = self.cfg.train.select_best_dev
+        if best is not None and best["step"] != self.step and self.best.weights is not None:
+            run_checkpoint.load_module_weights(self.engine, self.best.weights)
+            out.update(self.evaluate(self.data.dev, "dev", write_predictions=True))
+        return out
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
@@ -311,7 +347,12 @@ class MultitaskTrainer:
         if self.rank != 0:
             return root / tag
         return run_checkpoint.seal(
-            staging, root, self.step, self._trainer_state(), keep=self.cfg.train.keep_checkpoints
+            staging,
+            root,
+            self.step,
+            self._trainer_state(),
+            keep=self.cfg.train.keep_checkpoints,
+            extra_files=self.best.files(self.step),  # the best's weights, if from before
         )
 
     def _trainer_state(self) -> dict[str, Any]:
@@ -322,6 +363,7 @@ class MultitaskTrainer:
             "train_time_s": self.train_time_s,
             **run_checkpoint.random_states(),
             "surgery": self.surgery.state_dict(),
+            "best_dev": self.best.state_text(),
         }
 
     def load_checkpoint(self, path: Path) -> None:
@@ -337,6 +379,12 @@ class MultitaskTrainer:
         self.train_time_s = float(state["train_time_s"])
         run_checkpoint.restore_random_states(state)
         self.surgery.load_state_dict(state["surgery"])
+        self.best.restore(
+            state.get("best_dev"),
+            folder,
+            self.step,
+            lambda: run_checkpoint.module_weights(self.engine),
+        )
 
     def cleanup(self) -> None:
         """Free the engine and every reference to the model's tensors, then the GPU memory
@@ -347,6 +395,7 @@ class MultitaskTrainer:
         self.engine = None
         for name in ("model", "shared_params"):  # the encoder's parameters, on its device
             self.__dict__.pop(name, None)
+        self.best = run_checkpoint.BestCheckpoint()  # its CPU copy of the weights
         # A run stopped before its end (a scheduler's stop, an error) never reached
         # on_train_end: its event writer, with its thread and file, ends here.
         with contextlib.suppress(RuntimeError):  # never opened

@@ -1,0 +1,234 @@
+"""Selection on dev (`train.select_best_dev`): a trial's final dev, train and held-out test
+scores and prediction files are those of its best dev evaluation's weights, never chosen on
+test, and a run resumed after a crash still knows its best.
+
+The situation is forced on a tiny model: `Degrade` adds noise to the weights after chosen
+steps until the dev score lies clearly below the best so far (measured with the trainer's
+own evaluation), so the evaluations after the first are worse than the first.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from trainables.errors import ConfigError
+from trainables.minbert import run_checkpoint
+from trainables.minbert.callbacks import TrainerCallback
+from trainables.minbert.config import load_trial_config
+from trainables.minbert.trainer import MultitaskTrainer, train_trial
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+TINY = [
+    "model.checkpoint=random",
+    "model.hidden_size=32",
+    "model.num_layers=2",
+    "model.num_heads=2",
+    "model.intermediate_size=64",
+    "model.dropout=0.1",
+    "data.max_length=32",
+    "data.max_train_examples=48",
+    "data.max_eval_examples=24",
+    "data.train_eval_examples=16",
+    "train.batch_size=8",
+    "train.lr=1e-3",
+    "train.evals_per_epoch=3",  # 6 steps: evaluations after steps 2, 4 and 6 (the final)
+    "train.keep_checkpoints=5",  # every checkpoint stays, to evaluate the best one directly
+]
+MARGIN = 0.05  # how far below the best so far a degraded evaluation must lie
+SCORES = ("sst_acc", "para_acc", "sts_r", "overall")
+
+
+def tiny(tmp_path, *extra: str):
+    return load_trial_config(None, [*TINY, f"data.cache_dir={tmp_path / 'tokens'}", *extra])
+
+
+class Degrade(TrainerCallback):
+    """After each step of `steps`, noise on every weight (its own seeded generator, so runs and
+    resumed runs degrade alike) until the dev score is finite and at least MARGIN below the
+    best seen so far; records every evaluation and can crash after one."""
+
+    def __init__(self, steps: tuple[int, ...], crash_after_eval: int | None = None) -> None:
+        self.steps = steps
+        self.crash_after_eval = crash_after_eval
+        self.evals: list[dict] = []
+        self.best_seen = float("-inf")
+
+    def on_step_end(self, trainer, logs):
+        if logs["step"] not in self.steps:
+            return
+        recorded = trainer.best.record  # a resumed run's best so far, from its checkpoint
+        target = max(self.best_seen, recorded["dev_overall"] if recorded else float("-inf"))
+        gen = torch.Generator().manual_seed(logs["step"])
+        for attempt in range(12):
+            score = trainer.evaluate(trainer.data.dev, "dev")["dev_overall"]
+            if score == score and score < target - MARGIN:  # finite (not NaN) and worse
+                return
+            # through the module's whole state_dict: under ZeRO-3 a rank's parameters are
+            # partitions, which these helpers gather and scatter again
+            weights = run_checkpoint.module_weights(trainer.engine)
+            for w in weights.values():
+                w.add_(torch.randn(w.shape, generator=gen, dtype=w.dtype) * 0.5 * 2**attempt)
+            run_checkpoint.load_module_weights(trainer.engine, weights)
+        raise AssertionError(f"could not degrade the model below {target - MARGIN}")
+
+    def on_evaluate(self, trainer, metrics, checkpoint):
+        self.evals.append(dict(metrics))
+        if not metrics.get("final"):
+            self.best_seen = max(self.best_seen, metrics["dev_overall"])
+        if self.crash_after_eval is not None and len(self.evals) == self.crash_after_eval:
+            raise KeyboardInterrupt("simulated crash")
+
+
+def direct_scores(cfg, checkpoint, out_dir) -> tuple[dict, dict[str, str], dict]:
+    """The dev, train and test scores, the prediction files and the weights of a checkpoint,
+    evaluated by a trainer of their own (set up from the checkpoint, no training)."""
+    trainer = MultitaskTrainer(cfg, out_dir, resume_from=checkpoint)
+    trainer.setup()
+    try:
+        scores = trainer.evaluate(trainer.data.dev, "dev", write_predictions=True)
+        scores.update(trainer.evaluate(trainer.data.train_eval, "train"))
+        scores.update(trainer.evaluate(trainer.data.test, "test", write_predictions=True))
+        weights = run_checkpoint.module_weights(trainer.engine)
+    finally:
+        trainer.cleanup()
+    return scores, predictions(out_dir), weights
+
+
+def predictions(run) -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted((run / "predictions").glob("*.csv"))}
+
+
+# (ZeRO-3 does not train minBERT yet: BertEmbeddings reads its position table's weight
+# directly, which ZeRO-3 has partitioned away; module_weights' gathering is checked alone.)
+@pytest.mark.parametrize("zero_stage", [0, 2])
+def test_the_final_scores_are_those_of_the_best_dev_checkpoint(tmp_path, zero_stage):
+    cfg = tiny(tmp_path, f"train.deepspeed.zero_stage={zero_stage}")
+    assert cfg.train.select_best_dev, "selection on dev is the default"
+    run = tmp_path / "run"
+    rec = Degrade(steps=(4, 6))
+    summary = train_trial(cfg, run, callbacks=[rec])
+    first, final = rec.evals[0], rec.evals[-1]
+    assert [e["step"] for e in rec.evals] == [2, 4, 6]
+    # the forced situation: the later evaluations are worse than the first
+    assert rec.evals[1]["dev_overall"] < first["dev_overall"] - MARGIN
+    assert summary["last_dev_overall"] < first["dev_overall"] - MARGIN
+    assert summary["selected_step"] == 2 and summary["selected_eval"] == 1
+    assert summary["selected_phase"] == "multitask" and summary["select_best_dev"] is True
+    for m in SCORES:  # the dev scores at the selected evaluation, measured again at the end
+        assert summary[f"dev_{m}"] == pytest.approx(first[f"dev_{m}"], abs=1e-12)
+    assert summary["steps"] == 6 and summary["final"] is True
+    # metrics.jsonl: every evaluation as measured, the final line the summary (what Ray ranks)
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["dev_overall"] for x in lines[:2]] == pytest.approx(
+        [e["dev_overall"] for e in rec.evals[:2]]
+    )
+    assert lines[-1]["dev_overall"] == summary["dev_overall"] == final["dev_overall"]
+    assert json.loads((run / "summary.json").read_text())["selected_step"] == 2
+    # the held-out scores and every prediction file equal the best checkpoint's, evaluated
+    # directly by a trainer set up from it
+    best = run / "checkpoints" / run_checkpoint.tag_of(2)
+    scores, files, at_best = direct_scores(cfg, best, tmp_path / "direct")
+    for split in ("dev", "train", "test"):
+        for m in SCORES:
+            assert summary[f"{split}_{m}"] == scores[f"{split}_{m}"], (split, m)
+    assert predictions(run) == files and len(files) == 6
+    # the final checkpoint holds the last weights (to resume from) and the best ones beside
+    last = run / "checkpoints" / run_checkpoint.tag_of(6)
+    kept = torch.load(last / run_checkpoint.BEST_WEIGHTS, weights_only=True)
+    assert kept.keys() == at_best.keys()
+    assert all(torch.equal(kept[k], at_best[k]) for k in kept)
+    assert run_checkpoint.verify_checkpoint(last) is None  # sealed with the rest
+
+
+def test_without_selection_the_last_step_is_scored(tmp_path):
+    cfg = tiny(tmp_path, "train.select_best_dev=false")
+    run = tmp_path / "run"
+    rec = Degrade(steps=(4, 6))
+    summary = train_trial(cfg, run, callbacks=[rec])
+    assert summary["selected_step"] == 6 and summary["selected_eval"] == 3
+    assert summary["select_best_dev"] is False
+    assert summary["dev_overall"] == summary["last_dev_overall"] < rec.best_seen - MARGIN
+    assert not any((run / "checkpoints").rglob(run_checkpoint.BEST_WEIGHTS))
+    last = run / "checkpoints" / run_checkpoint.tag_of(6)
+    scores, files, _ = direct_scores(cfg, last, tmp_path / "direct")
+    assert all(summary[f"test_{m}"] == scores[f"test_{m}"] for m in SCORES)
+    assert predictions(run) == files
+
+
+def test_a_resumed_run_still_knows_its_best(tmp_path):
+    cfg = tiny(tmp_path)
+    full = Degrade(steps=(4, 6))
+    summary = train_trial(cfg, tmp_path / "full", callbacks=[full])
+    crashed = Degrade(steps=(4, 6), crash_after_eval=2)  # after the checkpoint of step 4
+    with pytest.raises(KeyboardInterrupt):
+        train_trial(cfg, tmp_path / "crash", callbacks=[crashed])
+    ckpt = run_checkpoint.find_checkpoint(tmp_path / "crash")
+    assert ckpt.name == run_checkpoint.tag_of(4)
+    assert (ckpt / run_checkpoint.BEST_WEIGHTS).is_file()  # the best (step 2) came before
+    state = torch.load(ckpt / run_checkpoint.TRAINER_STATE, weights_only=True)
+    assert json.loads(state["best_dev"])["step"] == 2
+    resumed = Degrade(steps=(4, 6))
+    again = train_trial(cfg, tmp_path / "crash", callbacks=[resumed], resume_from=ckpt)
+    assert [e["step"] for e in resumed.evals] == [6]
+    for key in ("selected_step", "selected_eval", "dev_overall", "last_dev_overall"):
+        assert again[key] == summary[key], key
+    for m in SCORES:
+        assert again[f"test_{m}"] == summary[f"test_{m}"]
+    assert predictions(tmp_path / "crash") == predictions(tmp_path / "full")
+
+
+def test_best_checkpoint_keeps_the_first_finite_best_and_survives_a_round_trip(tmp_path):
+    best = run_checkpoint.BestCheckpoint()
+    weights = {"w": torch.tensor([1.0])}
+    assert not best.offer({"step": 1, "dev_overall": float("nan")}, lambda: weights)
+    assert best.offer({"step": 2, "dev_overall": 0.5}, lambda: weights)
+    assert not best.offer({"step": 3, "dev_overall": 0.5}, lambda: {})  # a tie keeps the first
+    assert not best.offer({"step": 4, "dev_overall": 0.4}, lambda: {})
+    assert best.record == {"step": 2, "dev_overall": 0.5} and best.weights is weights
+    assert best.files(2) == {} and best.files(4) == {run_checkpoint.BEST_WEIGHTS: weights}
+    torch.save(weights, tmp_path / run_checkpoint.BEST_WEIGHTS)
+    again = run_checkpoint.BestCheckpoint()
+    again.restore(best.state_text(), tmp_path, 4, lambda: {})
+    assert again.record == best.record and torch.equal(again.weights["w"], weights["w"])
+    at_own_step = run_checkpoint.BestCheckpoint()
+    at_own_step.restore(best.state_text(), tmp_path / "none", 2, lambda: {"w": torch.zeros(1)})
+    assert torch.equal(at_own_step.weights["w"], torch.zeros(1))
+    fresh = run_checkpoint.BestCheckpoint()
+    fresh.restore(None, tmp_path, 4, lambda: {})  # a checkpoint from before selection existed
+    assert fresh.record is None and fresh.weights is None
+    with pytest.raises(ConfigError, match="has no best_weights.pt"):
+        run_checkpoint.BestCheckpoint().restore(best.state_text(), tmp_path / "none", 4, dict)
+
+
+def test_module_weights_gather_and_scatter_zero3_partitions():
+    """Under ZeRO-3 a rank holds a partition of each parameter: the copy is of the whole
+    tensors, and loading one changes what the engine's module computes."""
+    from trainables.minbert.config import TrainConfig
+    from trainables.minbert.engine import build_engine
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2))
+    full = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    train = TrainConfig(batch_size=2, deepspeed={"zero_stage": 3, "precision": "fp32"})
+    engine = build_engine(model, train)
+    try:
+        assert engine.zero_optimization_stage() == 3
+        assert any(p.numel() == 0 for p in engine.module.parameters())  # partitioned away
+        copied = run_checkpoint.module_weights(engine)
+        assert copied.keys() == full.keys()
+        assert all(torch.equal(copied[k], full[k]) for k in full)
+        changed = {k: v * 2 + 1 for k, v in copied.items()}
+        run_checkpoint.load_module_weights(engine, changed)
+        again = run_checkpoint.module_weights(engine)
+        assert all(torch.equal(again[k], changed[k]) for k in changed)
+        x = torch.randn(5, 4)
+        expected = torch.tanh(x @ changed["0.weight"].T + changed["0.bias"])
+        expected = expected @ changed["2.weight"].T + changed["2.bias"]
+        with torch.no_grad():
+            torch.testing.assert_close(engine.module(x), expected)
+    finally:
+        engine.destroy()
