@@ -32,6 +32,7 @@ from trainables.minbert.evaluation import (
     to_device,
 )
 from trainables.minbert.extensions.pair_similarity import make_pair_similarity
+from trainables.minbert.extensions.task_layers import make_task_layers
 from trainables.minbert.metrics import read_submission
 from trainables.minbert.multitask import MultitaskBert
 from trainables.minbert.task_files import read_task_file, task_files
@@ -74,18 +75,26 @@ def build_model(cfg) -> tuple[object, MultitaskBert]:
     """The trial's tokenizer and model, its head weights drawn from N(0, 1 / fan_in), and a
     random encoder's from N(0, 0.2): with BERT's 0.02 init every sentence of a random encoder
     gets nearly the same embedding (CLS pooling most of all), and a tiny untrained head puts
-    every prediction a hair from the same value, where rounding alone decides a class."""
+    every prediction a hair from the same value, where rounding alone decides a class.
+    Per-task layers (extensions.task_layers) are drawn anew for each task, so that a
+    sentence's embedding differs by task."""
     torch.manual_seed(cfg.train.seed)
     tokenizer, encoder = build_encoder(cfg)
     m = cfg.model
     sts_head = make_pair_similarity(cfg, encoder.config.hidden_size)
-    model = MultitaskBert(encoder, m.dropout, m.pair_encoding, m.pooling, sts_head)
+    model = MultitaskBert(
+        encoder, m.dropout, m.pair_encoding, m.pooling, sts_head, task_layers=make_task_layers(cfg)
+    )
     gen = torch.Generator().manual_seed(7)
     with torch.no_grad():
         if m.checkpoint == "random":
             for module in encoder.modules():
                 if isinstance(module, (nn.Linear, nn.Embedding)):
                     module.weight.normal_(0.0, 0.2, generator=gen)
+        if model.task_layers is not None:
+            for module in model.task_layers.modules():
+                if isinstance(module, nn.Linear):
+                    module.weight.add_(torch.randn(module.weight.shape, generator=gen) * 0.2)
         for head in (model.sst_head, model.para_head, model.sts_head):
             for name, p in head.named_parameters():
                 if "weight" in name:
@@ -162,8 +171,26 @@ def cache_dir(tmp_path_factory):
         (["model.pooling=cls"], 256),
         (["model.pair_encoding=cross"], 256),
         (["model.pair_encoding=cross", "model.pooling=cls"], 5),
+        (["extensions.task_layers=true"], 256),
+        (
+            ["extensions.task_layers=true", "extensions.task_layers_count=2", "model.pooling=cls"],
+            7,
+        ),
+        (["extensions.task_layers=true", "extensions.cosine_sts=true"], 7),
+        (["extensions.task_layers=true", "model.pair_encoding=cross", "model.pooling=cls"], 5),
     ],
-    ids=["siamese", "siamese-batch7", "siamese-cosine", "siamese-cls", "cross", "cross-cls"],
+    ids=[
+        "siamese",
+        "siamese-batch7",
+        "siamese-cosine",
+        "siamese-cls",
+        "cross",
+        "cross-cls",
+        "tasklayers",
+        "tasklayers-all-cls-batch7",
+        "tasklayers-cosine-batch7",
+        "tasklayers-cross-cls",
+    ],
 )
 def test_synthetic_dev_predictions_and_scores_match_the_per_batch_path(
     extra, new_batch, cache_dir
@@ -224,6 +251,70 @@ def test_each_distinct_sentence_is_encoded_once_per_evaluation(cache_dir, tmp_pa
                 assert value == int(pred > 0)
             else:
                 assert math.isclose(float(value), float(pred), abs_tol=TOLERANCE)
+
+
+def test_with_task_layers_the_shared_layers_run_once_per_sentence_and_each_top_per_task(
+    cache_dir,
+):
+    """The cache holds the shared layers' output: every distinct sentence passes the shared
+    bottom once, and each task's own top layers once per distinct sentence of that task. The
+    STS split here takes its first sentences from SST's, so that two tasks share sentences
+    (whose embeddings then differ by task), and predictions still match the per-batch path."""
+    cfg = load_trial_config(
+        None, [*TINY, f"data.cache_dir={cache_dir}", "extensions.task_layers=true"]
+    )
+    tokenizer, model = build_model(cfg)
+    data = load_multitask_data(cfg.data, tokenizer, "siamese")
+    dev = dict(data.dev)
+    sst, sts = dev["sst"], dev["sts"]
+    assert sst.tokens is not None and sts.tokens_b is not None
+    k = min(len(sst), len(sts))
+    dev["sts"] = EncodedSplit(
+        "sts",
+        "dev",
+        sts.ids[:k],
+        sts.labels[:k],
+        tokens_a=sst.tokens[:k],
+        tokens_b=sts.tokens_b[:k],
+    )
+    of_task = {
+        t: {
+            tuple(seq)
+            for column in (
+                [dev[t].tokens]
+                if dev[t].tokens is not None
+                else [dev[t].tokens_a, dev[t].tokens_b]
+            )
+            for seq in column or []
+        }
+        for t in TASKS
+    }
+    distinct = set().union(*of_task.values())
+    assert sum(len(s) for s in of_task.values()) > len(distinct), "tasks share sentences"
+    shared_rows: list[int] = []
+    top_rows: dict[str, list[int]] = {t: [] for t in TASKS}
+    assert model.task_layers is not None
+    handles = [
+        model.encoder.register_forward_pre_hook(
+            lambda m, a, kw: shared_rows.append(kw["input_ids"].shape[0]), with_kwargs=True
+        )
+    ]
+    for t in TASKS:
+        first = model.task_layers.layers[t][0]
+        handles.append(
+            first.register_forward_pre_hook(lambda m, a, t=t: top_rows[t].append(a[0].shape[0]))
+        )
+    try:
+        evaluate(model, dev, "dev", tokenizer, 64, CPU)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert sum(shared_rows) == len(distinct)
+    assert {t: sum(rows) for t, rows in top_rows.items()} == {
+        t: len(s) for t, s in of_task.items()
+    }
+    center_heads(model, dev, tokenizer)
+    compare(model, dev, tokenizer, 64)
 
 
 def test_sequence_pool_keys_on_tokens_and_token_types():

@@ -49,6 +49,11 @@ from trainables.minbert.extensions.sampling import CycleSampler, ProportionalSam
 from trainables.minbert.extensions.sequential_sts import SequentialSts
 from trainables.minbert.extensions.smart import Smart
 from trainables.minbert.extensions.surgery import GradientSurgery
+from trainables.minbert.extensions.task_layers import (
+    TaskLayers,
+    TaskTopLayers,
+    make_task_layers,
+)
 from trainables.minbert.hf_folder import minilm_dir
 from trainables.minbert.model import BertConfig, BertModel
 from trainables.minbert.multitask import MultitaskBert, task_loss
@@ -386,3 +391,63 @@ class TestLossTermContract:
             assert value is not None
             grads = torch.autograd.grad(value, model.shared_parameters(), allow_unused=True)
             assert any(g is not None and bool(g.abs().sum() > 0) for g in grads), task
+
+
+# ------------------------------------------------------------------ TaskLayers
+TASK_LAYERS = {
+    "top_1": lambda: TaskTopLayers(_cfg("extensions.task_layers=true")),
+    "top_all": lambda: TaskTopLayers(
+        _cfg("extensions.task_layers=true", "extensions.task_layers_count=2")
+    ),
+}
+TASK_LAYER_ENCODER = BertConfig(
+    vocab_size=40, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32
+)
+
+
+@pytest.fixture(params=sorted(TASK_LAYERS))
+def task_layers(request: pytest.FixtureRequest) -> TaskLayers:
+    made: TaskLayers = TASK_LAYERS[request.param]()
+    return made
+
+
+class TestTaskLayersContract:
+    def test_is_made_by_its_toggle(self, task_layers: TaskLayers) -> None:
+        assert isinstance(task_layers, TaskLayers)
+        assert type(make_task_layers(_cfg("extensions.task_layers=true"))) is type(task_layers)
+        assert make_task_layers(_cfg()) is None
+
+    def test_keeps_the_shape_and_gives_each_task_parameters_of_its_own(
+        self, task_layers: TaskLayers
+    ) -> None:
+        model = MultitaskBert(
+            BertModel.from_config(TASK_LAYER_ENCODER, seed=0), 0.1, task_layers=task_layers
+        )
+        shared = {id(p) for p in model.shared_parameters()}
+        own = {
+            t: {id(p) for n, p in task_layers.named_parameters() if f".{t}." in f".{n}"}
+            for t in TASKS
+        }
+        assert all(own[t] for t in TASKS) and not shared & set().union(*own.values())
+        assert sum(len(s) for s in own.values()) == len(list(task_layers.parameters()))
+        hidden = torch.randn(3, 5, 16, requires_grad=True)
+        for task in TASKS:
+            task_layers.zero_grad(set_to_none=True)
+            out = task_layers(task, hidden, None)
+            assert out.shape == hidden.shape and bool(torch.isfinite(out).all())
+            out.sum().backward()
+            reached = {id(p) for p in task_layers.parameters() if p.grad is not None}
+            assert reached == own[task], task  # a task's gradient stays in its own layers
+
+    def test_every_parameter_is_shared_or_one_task_s(self, task_layers: TaskLayers) -> None:
+        model = MultitaskBert(
+            BertModel.from_config(TASK_LAYER_ENCODER, seed=0), 0.1, task_layers=task_layers
+        )
+        heads = [model.sst_head, model.para_head, model.sts_head]
+        parts = [
+            {id(p) for p in model.shared_parameters()},
+            {id(p) for p in task_layers.parameters()},
+            {id(p) for h in heads for p in h.parameters()},
+        ]
+        assert sum(len(s) for s in parts) == len(set().union(*parts))
+        assert set().union(*parts) == {id(p) for p in model.parameters()}

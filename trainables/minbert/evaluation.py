@@ -11,6 +11,12 @@ sorted by length and cut into batches of `batch_size` sequences, so a batch hold
 of nearly one length (little padding, often none, and then no attention mask at all). The task
 heads then run on the cached embeddings, and predictions come back in each split's own order.
 
+With per-task top layers (the task_layers toggle) a sentence's embedding differs by task:
+the cache then holds what the tasks share, the shared layers' output, which each batch of
+the pool computes once; each task's own layers then run on the rows of that batch its splits
+use, and every task gets its own embedding matrix. A sentence used by two tasks costs the
+shared layers once and each task's top layers once.
+
 With dropout off (eval mode) a sequence's embedding does not depend on what else is in its
 batch: padding is masked out of attention and pooling. Only float rounding may differ, since
 the matmul shapes change; `tests/trainables/test_evaluation_identity.py` checks predictions
@@ -60,21 +66,31 @@ class SequencePool:
     """The distinct sequences of an evaluation, each with one row in the embedding matrix.
 
     `add` returns the rows of a column of sequences; a sequence seen before (the same tokens
-    and token types) gets its earlier row.
+    and token types) gets its earlier row. `tasks_of[row]` names the tasks that use a row.
     """
 
     def __init__(self) -> None:
         self.row_of: dict[SequenceKey, int] = {}
         self.tokens: list[list[int]] = []
         self.type_ids: list[list[int] | None] = []
+        self.tasks_of: list[set[str]] = []
 
     def __len__(self) -> int:
         return len(self.tokens)
 
+    @property
+    def tasks(self) -> list[str]:
+        """Every task that uses a row, sorted."""
+        return sorted(set().union(*self.tasks_of))
+
     def add(
-        self, tokens: Sequence[list[int]], type_ids: Sequence[list[int]] | None = None
+        self,
+        tokens: Sequence[list[int]],
+        type_ids: Sequence[list[int]] | None = None,
+        task: str | None = None,
     ) -> torch.Tensor:
-        """The embedding rows (N,) of `tokens` (and their `type_ids`), new ones appended."""
+        """The embedding rows (N,) of `tokens` (and their `type_ids`), new ones appended;
+        `task` (when given) is recorded as a user of each row."""
         rows = []
         for i, seq in enumerate(tokens):
             types = None if type_ids is None else type_ids[i]
@@ -84,6 +100,9 @@ class SequencePool:
                 row = self.row_of[key] = len(self.tokens)
                 self.tokens.append(seq)
                 self.type_ids.append(types)
+                self.tasks_of.append(set())
+            if task is not None:
+                self.tasks_of[row].add(task)
             rows.append(row)
         return torch.tensor(rows, dtype=torch.long)
 
@@ -94,8 +113,14 @@ def encode_sequences(
     tokenizer: WordPieceTokenizer,
     batch_size: int,
     device: torch.device,
-) -> torch.Tensor:
-    """Embeddings (len(pool), H) of every sequence in `pool`, on `device`, in pool order.
+) -> dict[str, torch.Tensor]:
+    """Embeddings (len(pool), H) of the sequences in `pool`, on `device`, in pool order, for
+    each task of `pool.tasks`.
+
+    Without per-task layers every task gets the same matrix, of every row. With them each
+    task gets its own, whose rows of sequences the task does not use stay zero: a batch's
+    shared layers run once (`MultitaskBert.shared_states`), then each task's layers on the
+    batch's rows that task uses (`MultitaskBert.task_embedding`).
 
     Sequences are encoded longest first (the memory peak comes at once, not at the end) in
     batches of `batch_size`; equal lengths keep their pool order, so the batches do not
@@ -103,25 +128,62 @@ def encode_sequences(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if model.task_layers is not None:
+        return _encode_per_task(model, pool, tokenizer, batch_size, device)
     order = sorted(range(len(pool)), key=lambda i: -len(pool.tokens[i]))
     out: torch.Tensor | None = None
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        tokens = [pool.tokens[i] for i in idx]
-        types = [pool.type_ids[i] for i in idx]
-        inputs = tokenizer.pad(
-            tokens,
-            None
-            if all(t is None for t in types)
-            else [
-                [0] * len(tok) if t is None else t for tok, t in zip(tokens, types, strict=True)
-            ],
-        )
-        emb = model.embed({k: v.to(device, non_blocking=True) for k, v in inputs.items()})
+        emb = model.embed(_pad_rows(pool, idx, tokenizer, device))
         if out is None:
             out = emb.new_empty((len(pool), emb.shape[1]))
         out[torch.as_tensor(idx, device=emb.device)] = emb
     if out is None:
+        raise ValueError("nothing to encode: the splits are empty")
+    return dict.fromkeys(pool.tasks, out)
+
+
+def _pad_rows(
+    pool: SequencePool, idx: list[int], tokenizer: WordPieceTokenizer, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """The padded encoder inputs of pool rows `idx`, on `device`."""
+    tokens = [pool.tokens[i] for i in idx]
+    types = [pool.type_ids[i] for i in idx]
+    inputs = tokenizer.pad(
+        tokens,
+        None
+        if all(t is None for t in types)
+        else [[0] * len(tok) if t is None else t for tok, t in zip(tokens, types, strict=True)],
+    )
+    return {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+
+
+def _encode_per_task(
+    model: MultitaskBert,
+    pool: SequencePool,
+    tokenizer: WordPieceTokenizer,
+    batch_size: int,
+    device: torch.device,
+) -> dict[str, torch.Tensor]:
+    """`encode_sequences` with per-task layers: the shared layers once per batch of rows,
+    each task's layers on the rows of the batch that task uses."""
+    order = sorted(range(len(pool)), key=lambda i: -len(pool.tokens[i]))
+    tasks = pool.tasks
+    out: dict[str, torch.Tensor] = {}
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        inputs = _pad_rows(pool, idx, tokenizer, device)
+        hidden = model.shared_states(inputs)  # (B, T, H)
+        for task in tasks:
+            picked = [k for k, row in enumerate(idx) if task in pool.tasks_of[row]]
+            if not picked:
+                continue
+            sel = torch.as_tensor(picked, device=hidden.device)
+            emb = model.task_embedding(task, hidden[sel], {k: v[sel] for k, v in inputs.items()})
+            if task not in out:
+                out[task] = emb.new_zeros((len(pool), emb.shape[1]))
+            out[task][torch.as_tensor([idx[k] for k in picked], device=emb.device)] = emb
+    if not out:
         raise ValueError("nothing to encode: the splits are empty")
     return out
 
@@ -131,11 +193,12 @@ def _task_rows(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The pool rows of a split's sequences: (rows, None) for single sequences and packed
     pairs, (rows of side a, rows of side b) for siamese pairs."""
+    task = split.task
     if split.tokens_a is not None and split.tokens_b is not None:
-        return pool.add(split.tokens_a), pool.add(split.tokens_b)
+        return pool.add(split.tokens_a, task=task), pool.add(split.tokens_b, task=task)
     if split.tokens is None:
         raise ValueError(f"{split.task}/{split.split} holds no tokens")
-    return pool.add(split.tokens, split.type_ids), None
+    return pool.add(split.tokens, split.type_ids, task=task), None
 
 
 def _head_outputs(
@@ -171,10 +234,11 @@ def predict_splits(
         with torch.inference_mode():
             pool = SequencePool()
             rows = {task: _task_rows(split, pool) for task, split in splits.items()}
-            emb = encode_sequences(model, pool, tokenizer, batch_size, device)
+            embeddings = encode_sequences(model, pool, tokenizer, batch_size, device)
             out = {}
             for task, split in splits.items():
                 rows_u, rows_v = rows[task]
+                emb = embeddings[split.task]
                 parts = []
                 for s in range(0, len(split), batch_size):
                     u = emb[rows_u[s : s + batch_size].to(emb.device)]

@@ -27,8 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.minbert.batching import Batch
+from trainables.minbert.data import TASKS
 from trainables.minbert.extensions.loss_terms import LossTerm, RandomState, TaskOutput
 from trainables.minbert.extensions.pair_similarity import PairHead, PairSimilarity
+from trainables.minbert.extensions.task_layers import TaskLayers, packed_layout, padded_mask
 from trainables.minbert.model import BertModel, mean_pool
 
 NUM_SENTIMENT_CLASSES = 5
@@ -45,6 +47,9 @@ class MultitaskBert(nn.Module):
         sts_head: the STS pair head (`make_pair_similarity`); None: a linear `PairHead`.
         freeze_word_embeddings: keep the encoder's word-embedding matrix fixed
             (`model.freeze_word_embeddings`): it gets no gradient and no optimizer update.
+        task_layers: per-task layers (`make_task_layers`, the task_layers toggle), attached
+            here: they take the encoder's top layers, one copy per task, and the encoder
+            keeps what every task shares. None: the whole encoder is shared.
     """
 
     def __init__(
@@ -55,10 +60,14 @@ class MultitaskBert(nn.Module):
         pooling: str = "mean",
         sts_head: PairSimilarity | None = None,
         freeze_word_embeddings: bool = False,
+        task_layers: TaskLayers | None = None,
     ) -> None:
         super().__init__()
         hidden = encoder.config.hidden_size
         self.encoder = encoder
+        if task_layers is not None:
+            task_layers.attach(encoder, TASKS)  # before anything reads the encoder's parameters
+        self.task_layers = task_layers
         if freeze_word_embeddings:
             # About half of MiniLM's parameters; build_engine optimises only parameters that
             # require a gradient, so neither the embedding backward nor AdamW touches them.
@@ -77,25 +86,57 @@ class MultitaskBert(nn.Module):
         self.sts_head.init_weights(std)
 
     def shared_parameters(self) -> list[nn.Parameter]:
-        """The encoder's parameters: the ones gradient surgery operates on."""
+        """The encoder's parameters: the ones gradient surgery operates on. With per-task
+        layers these are only what every task shares (the copies left the encoder)."""
         return [p for p in self.encoder.parameters() if p.requires_grad]
 
-    def embed(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Sentence embeddings (B, H) of a padded batch."""
+    def embed(self, inputs: dict[str, torch.Tensor], task: str | None = None) -> torch.Tensor:
+        """Sentence embeddings (B, H) of a padded batch (for `task`, needed with per-task
+        layers: a sentence's embedding then differs by task)."""
+        if self.task_layers is not None:
+            return self.task_embedding(_needed(task), self.shared_states(inputs), inputs)
         hidden, pooled = self.encoder(**inputs)  # (B, T, H), (B, H)
         if self.pooling == "mean":
             return mean_pool(hidden, inputs["attention_mask"])
         cls_pooled: torch.Tensor = pooled
         return cls_pooled
 
+    def shared_states(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The shared encoder's token states (B, T, H) of a padded batch: every layer's
+        without per-task layers, the shared bottom's with them."""
+        hidden: torch.Tensor = self.encoder(**inputs)[0]
+        return hidden
+
+    def task_embedding(
+        self, task: str, hidden: torch.Tensor, inputs: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """Sentence embeddings (B, H) for `task` from `shared_states` of the padded batch
+        `inputs` (or the same rows of both): through the task's own layers, then pooled."""
+        mask = inputs["attention_mask"]
+        if self.task_layers is not None:
+            hidden = self.task_layers(task, hidden, padded_mask(mask, hidden.dtype))
+        if self.pooling == "mean":
+            return mean_pool(hidden, mask)
+        pooled: torch.Tensor = self.encoder.pooler(hidden)
+        return pooled
+
     def embed_packed(
-        self, inputs: dict[str, torch.Tensor], groups: list[tuple[int, int]]
+        self,
+        inputs: dict[str, torch.Tensor],
+        groups: list[tuple[int, int]],
+        task: str | None = None,
     ) -> torch.Tensor:
         """Sentence embeddings (rows of all groups, H) of groups of sentences laid out flat,
-        group after group (`BertModel.forward_packed`), in that order."""
+        group after group (`BertModel.forward_packed`), in that order (for `task`, needed
+        with per-task layers)."""
         hidden, pooled = self.encoder.forward_packed(
             inputs["input_ids"], inputs["attention_mask"], groups
         )
+        if self.task_layers is not None:
+            layout, firsts = packed_layout(inputs["attention_mask"], groups, hidden.dtype)
+            hidden = self.task_layers(_needed(task), hidden, layout)
+            if self.pooling != "mean":
+                pooled = self.encoder.pooler(hidden[firsts].unsqueeze(1))
         if self.pooling != "mean":
             cls_pooled: torch.Tensor = pooled
             return cls_pooled
@@ -114,7 +155,9 @@ class MultitaskBert(nn.Module):
     def _embed_pair(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """The embeddings u, v (B, H) of a siamese batch's sides, in either layout."""
         if "sentences" in batch:
-            emb = self.embed_packed(batch["sentences"], batch["sentence_groups"])  # (2B, H)
+            emb = self.embed_packed(  # (2B, H)
+                batch["sentences"], batch["sentence_groups"], batch["task"]
+            )
             u, v = emb[batch["sentence_index"]].chunk(2)  # back to a_0.., then b_0..
             return u, v
         # "sides": one encoder call over both: (2B, T) is faster than two calls of (B, T).
@@ -133,7 +176,7 @@ class MultitaskBert(nn.Module):
 
         a, b = widen(a), widen(b)
         both = {k: torch.cat([a[k], b[k]]) for k in a}
-        emb = self.embed(both)  # (2B, H)
+        emb = self.embed(both, batch["task"])  # (2B, H)
         u, v = torch.split(emb, a["input_ids"].shape[0])
         return u, v
 
@@ -148,7 +191,7 @@ class MultitaskBert(nn.Module):
         (u, v) of a siamese pair batch, (u,) of SST or a packed pair (what loss terms use)."""
         task = batch["task"]
         if task == "sst":
-            emb = self.embed(batch["inputs"])
+            emb = self.embed(batch["inputs"], task)
             logits: torch.Tensor = self.sst_head(self.dropout(emb))
             return logits, (emb,)
         head = self.para_head if task == "para" else self.sts_head
@@ -159,7 +202,7 @@ class MultitaskBert(nn.Module):
             else:
                 pair_scores = head(u, v)
             return pair_scores, (u, v)
-        packed = self.embed(batch["inputs"])
+        packed = self.embed(batch["inputs"], task)
         scores: torch.Tensor = head(self.dropout(packed) if head.dropout_before else packed)
         return scores, (packed,)
 
@@ -206,6 +249,12 @@ class MultitaskBert(nn.Module):
                 if term_values is not None:
                     term_values[f"{term.name}_{task}"] = value.detach()
         return total
+
+
+def _needed(task: str | None) -> str:
+    if task is None:
+        raise ValueError("with per-task layers a sentence embedding needs its task")
+    return task
 
 
 def task_loss(batch: Batch, preds: torch.Tensor) -> torch.Tensor:

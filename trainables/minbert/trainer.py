@@ -48,6 +48,7 @@ from trainables.minbert.extensions.optimization import make_lr_schedule, make_pa
 from trainables.minbert.extensions.pair_similarity import make_pair_similarity
 from trainables.minbert.extensions.phases import make_phases
 from trainables.minbert.extensions.surgery import make_surgery
+from trainables.minbert.extensions.task_layers import make_task_layers
 from trainables.minbert.multitask import MultitaskBert
 from trainables.minbert.runtime import (
     barrier,
@@ -119,7 +120,12 @@ class MultitaskTrainer:
             self._write_data_report()
         sts_head = make_pair_similarity(cfg, encoder.config.hidden_size)
         model = MultitaskBert(
-            encoder, cfg.model.dropout, cfg.model.pair_encoding, cfg.model.pooling, sts_head
+            encoder,
+            cfg.model.dropout,
+            cfg.model.pair_encoding,
+            cfg.model.pooling,
+            sts_head,
+            task_layers=make_task_layers(cfg),  # None unless extensions.task_layers
         )
         self.phases = make_phases(cfg, TASKS)
         self.surgery = make_surgery(cfg)

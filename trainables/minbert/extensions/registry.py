@@ -263,6 +263,24 @@ BUILTIN: tuple[Toggle, ...] = (
             ),
         },
     ),
+    Toggle(
+        name="task_layers",
+        short="tasklayers",
+        label="Task-specific Layers",
+        kind="task_layers",
+        factory="trainables.minbert.extensions.task_layers:TaskTopLayers",
+        help="the top encoder layers copied once per task over a shared bottom (hard sharing)",
+        options={
+            "task_layers_count": (
+                int,
+                Field(
+                    1,
+                    ge=1,
+                    description="top encoder layers each task gets its own copy of",
+                ),
+            )
+        },
+    ),
 )
 
 
