@@ -166,3 +166,22 @@ def test_trainer_counts_steps_from_the_sampler(tmp_path):
         assert summary["steps"] == 3
     finally:
         trainer.cleanup()
+
+
+def test_freeze_word_embeddings_keeps_the_matrix_fixed_while_the_rest_trains(tmp_path):
+    """model.freeze_word_embeddings reaches the model: the word-embedding matrix gets no
+    gradient and no update (no AdamW decay either), every other parameter trains."""
+    cfg = tiny("train.max_steps=3", "model.freeze_word_embeddings=true")
+    trainer = MultitaskTrainer(cfg, tmp_path / "run")
+    try:
+        trainer.setup()
+        words = trainer.model.encoder.embeddings.word_embeddings.weight
+        before = words.detach().clone()
+        layer = trainer.model.sst_head.weight
+        layer_before = layer.detach().clone()
+        assert not words.requires_grad
+        trainer.train()
+        assert torch.equal(words.detach(), before)
+        assert not torch.equal(layer.detach(), layer_before)
+    finally:
+        trainer.cleanup()

@@ -126,6 +126,7 @@ class MultitaskTrainer:
             cfg.model.pooling,
             sts_head,
             task_layers=make_task_layers(cfg),  # None unless extensions.task_layers
+            freeze_word_embeddings=cfg.model.freeze_word_embeddings,
         )
         self.phases = make_phases(cfg, TASKS)
         self.surgery = make_surgery(cfg)
