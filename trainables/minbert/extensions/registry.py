@@ -7,7 +7,8 @@ each sweep records it in `experiment.json` so that reports label variants from t
 without importing any of this.
 
 Adding an extension is one new file in this folder (a small class behind one of the narrow
-interfaces: `GradientSurgery`, `TaskSampler`, `PhasePlan`, `PairSimilarity`) plus one entry in
+interfaces: `GradientSurgery`, `TaskSampler`, `PhasePlan`, `PairSimilarity`, `ParamGroups`,
+`LrSchedule`, `TaskLayers`, `LossTerm`) plus one entry in
 `BUILTIN` below. An extension that lives in another package registers itself the same way
 through the `hpsearch.extensions` entry-point group, whose entries load to a `Toggle`:
 
