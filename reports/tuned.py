@@ -333,13 +333,31 @@ def tuned_config_table(plan: dict[str, Any], phases: dict[str, Results]) -> Tabl
         shown.append(cells)
     display = pd.DataFrame(shown)
     display.index = pd.RangeIndex(1, len(display) + 1, name="#")
+    notes = ["Stopped (ASHA) and failed tuning trials are never chosen."]
+    notes += _same_choice_note(plan, tuned)
     return Table(
         name="tuned_configs",
         title="Each variant's tuned configuration (its best finished tuning trial on dev)",
         data=pd.DataFrame(records),
         display=display,
-        notes=["Stopped (ASHA) and failed tuning trials are never chosen."],
+        notes=notes,
     )
+
+
+def _same_choice_note(plan: dict[str, Any], tuned: dict[str, Any]) -> list[str]:
+    """A warning when every variant chose the same settings: the tuned rows then compare the
+    variants at one configuration, not each at an optimum of its own."""
+    chosen = [tuned[v]["settings"] for v in plan["variants"] if v in tuned]
+    if len(plan["variants"]) < 2 or len(chosen) < len(plan["variants"]):
+        return []
+    if any(c != chosen[0] for c in chosen[1:]):
+        return []
+    return [
+        "Every variant chose the same settings: the tuned rows compare the variants at one "
+        "configuration, not each at an optimum of its own. Studies with one sampler seed "
+        "share their first candidates; a larger tuning.trials_per_variant (or no early "
+        "stopping at a small budget) gives each variant more of its own."
+    ]
 
 
 def compute_table(folder: Path, plan: dict[str, Any], phases: dict[str, Results]) -> Table:
