@@ -92,16 +92,15 @@ def _export_any(source: Path, out: Path, phases: Sequence[str] | None) -> None:
 
 def _export_tuned(source: Path, out: Path, phases: Sequence[str] | None) -> None:
     present = sorted(p.name for p in (source / _PHASES).iterdir() if p.is_dir())
-    wanted = list(_DEFAULT_TRIAL_PHASES) if phases is None else list(phases)
-    unknown = [p for p in wanted if p not in present and phases is not None]
+    unknown = [p for p in phases or () if p not in present]
     if unknown:
         raise ReportError(
             f"{source}: no phase {', '.join(unknown)}; its phases: {', '.join(present)}"
         )
+    wanted = _DEFAULT_TRIAL_PHASES if phases is None else tuple(phases)
     shutil.copy2(source / _PLAN, out / _PLAN)
-    for name in ("search_space.yaml",):
-        if (source / name).is_file():
-            shutil.copy2(source / name, out / name)
+    if (source / "search_space.yaml").is_file():
+        shutil.copy2(source / "search_space.yaml", out / "search_space.yaml")
     _copy_if_present(source / "report", out / "report")
     for phase in present:
         _export_experiment(

@@ -58,14 +58,14 @@ def tuned_sections(
     variants: list[str] = plan["variants"]
     baseline: str = plan["baseline"]
     settings = [(phase, label) for phase, label in SETTINGS if phase in phases]
-    effects = effects_by_setting(
-        phases, settings, variants, baseline, n_resamples=n_resamples, seed=seed
-    )
     sections: list[tuple[str, list[Any]]] = [
         ("Tuned ablation", [_headline(plan, phases)]),
         ("Scores", [scores_table(phases, settings, variants, split) for split in SPLITS]),
     ]
     if len(variants) > 1:  # one variant ("tune, then confirm") has nothing to compare with
+        effects = effects_by_setting(
+            phases, settings, variants, baseline, n_resamples=n_resamples, seed=seed
+        )
         sections.append(
             (
                 "Effects against the baseline",
@@ -105,18 +105,16 @@ def _headline(plan: dict[str, Any], phases: dict[str, Results]) -> str:
             f"configuration was then re-run once per final seed ({seeds}), at seeds the tuning "
             "never used."
         )
-        if missing:
-            text += f" Not run yet: {', '.join(missing)} (`hpsearch resume` continues)."
-        return text
-    text = (
-        f"Each of the {len(plan['variants'])} variants ({', '.join(plan['variants'])}) was "
-        f"tuned on its own over {', '.join(plan['parameters'])} with the same budget, "
-        f"{plan['trials_per_variant']} trials each (its own Optuna study), selected by "
-        f"{plan['metric']} ({plan['mode']}) on dev among finished trials; each variant's best "
-        f"configuration was then re-run once per final seed ({', '.join(map(str, plan['final_seeds']))}), "
-        "at seeds the tuning never used. Differences are against the baseline "
-        f"'{plan['baseline']}' at the same setting, paired by seed."
-    )
+    else:
+        text = (
+            f"Each of the {len(plan['variants'])} variants ({', '.join(plan['variants'])}) was "
+            f"tuned on its own over {', '.join(plan['parameters'])} with the same budget, "
+            f"{plan['trials_per_variant']} trials each (its own Optuna study), selected by "
+            f"{plan['metric']} ({plan['mode']}) on dev among finished trials; each variant's "
+            f"best configuration was then re-run once per final seed ({seeds}), at seeds the "
+            "tuning never used. Differences are against the baseline "
+            f"'{plan['baseline']}' at the same setting, paired by seed."
+        )
     if plan.get("reference"):
         shown = ", ".join(f"{k}={v}" for k, v in plan["reference"].items())
         text += f" The reference rows run every variant at fixed settings ({shown})."
