@@ -26,6 +26,7 @@ from hpsearch.searcher import (
     FINISHED,
     STOPPED,
     TIMED_OUT,
+    WARM_START_FROM,
     asha_scheduler,
     resource_concurrency,
     search_algorithm,
@@ -328,7 +329,6 @@ def build_tuner(experiment: Experiment, space: SearchSpace, restore: bool = Fals
 
 
 # ---------------------------------------------------------------------------- warm start
-WARM_START_FROM = "warm_start_from"  # the user attribute naming a copied trial's experiment
 
 
 def load_warm_start(source: str, space: SearchSpace) -> list[optuna.trial.FrozenTrial]:

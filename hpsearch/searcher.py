@@ -19,10 +19,11 @@ import math
 from typing import Any, TypeGuard, cast
 
 import optuna
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from hpsearch.settings import SweepSettings
-from hpsearch.space import SearchSpace
+from hpsearch.space import GRID_KEY, SearchSpace
 from hpsearch.space_search import tpe_sampler
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "RAY_TRIAL_ID",
     "STOPPED",
     "TIMED_OUT",
+    "WARM_START_FROM",
     "FailureAwareOptunaSearch",
     "asha_scheduler",
     "resource_concurrency",
@@ -40,6 +42,7 @@ __all__ = [
 
 ASHA_MAX_T = 10_000  # evaluations; trials end on their own schedule long before
 RAY_TRIAL_ID = "ray_trial_id"  # the Optuna trial's user attribute naming its Ray trial
+WARM_START_FROM = "warm_start_from"  # the user attribute naming a warm-start trial's experiment
 logger = logging.getLogger(__name__)
 
 
@@ -81,17 +84,32 @@ class FailureAwareOptunaSearch(OptunaSearch):
     - A resumed sweep replaying a trial whose end the study already holds changes nothing.
     - Every Optuna trial records its Ray trial id (user attribute "ray_trial_id"), which is
       also the name of its trials/<id>.json and runs/<id>.
+    - A grid sweep (`grid_size` points) runs each point once, in its sampler's (seeded)
+      order: each new trial takes the first point with no ended trial and none running here, and the
+      searcher says FINISHED once no point is owed. A point whose trial a killed driver left
+      RUNNING (abandoned) is owed again; one whose trial failed has run (Ray's max_failures
+      retries it). Optuna's GridSampler alone hands out an already-run point when a resumed
+      sweep asks for more trials than points are left.
 
     Multi-objective studies get no intermediate values (Optuna has none for them) and no ASHA.
     """
 
-    def __init__(self, *, time_limit: float | None, **optuna_search: Any) -> None:
+    def __init__(
+        self, *, time_limit: float | None, grid_size: int = 0, **optuna_search: Any
+    ) -> None:
         super().__init__(**optuna_search)
         self.time_limit = time_limit
+        self.grid_size = grid_size
         # steps already reported, per Ray trial (saved with the searcher's state)
         self._steps_reported: dict[str, set[int]] = {}
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if self.__dict__.get("grid_size") and trial_id not in self._ot_trials:
+            point = self._next_grid_point()
+            if point is None:
+                # (Ray documents FINISHED as suggest's "no more trials", though it hints Dict)
+                return Searcher.FINISHED  # type: ignore[return-value]
+            self._study.enqueue_trial({GRID_KEY: point})  # the next ask() takes this point
         config = super().suggest(trial_id)
         ot_trial = self._ot_trials.get(trial_id)
         if isinstance(config, dict) and ot_trial is not None:
@@ -130,6 +148,24 @@ class FailureAwareOptunaSearch(OptunaSearch):
             logger.warning("trial %s: Optuna refused its result (%s): told FAIL", trial_id, exc)
             if not self._has_ended(ot_trial):
                 study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+
+    def _next_grid_point(self) -> int | None:
+        """The first grid point, in the sampler's order, with no ended trial and no trial
+        running in this driver."""
+        live = {
+            trial.number
+            for ray_id, trial in self._ot_trials.items()
+            if ray_id not in self._completed_trials
+        }
+        taken = set()
+        for frozen in self._study.get_trials(deepcopy=False):
+            point = frozen.params.get(GRID_KEY)
+            if WARM_START_FROM in frozen.user_attrs or not isinstance(point, int):
+                continue  # a warm-start copy is no run of this sweep
+            if frozen.state.is_finished() or frozen.number in live:
+                taken.add(point)
+        order = getattr(self._sampler, "order", range(self.grid_size))  # the sampler's, seeded
+        return next((p for p in order if p not in taken), None)
 
     def _report(self, trial_id: str, result: dict[str, Any]) -> None:
         """One evaluation as an intermediate value, once per step (single objective)."""
@@ -214,6 +250,7 @@ def search_algorithm(
         sampler=sampler,
         storage=storage,
         study_name=study_name,
+        grid_size=space.grid_size(),
     )
     return ConcurrencyLimiter(searcher, max_concurrent) if max_concurrent else searcher
 

@@ -23,7 +23,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import optuna
 
@@ -308,6 +308,11 @@ class _GridPointSampler(optuna.samplers.GridSampler):
 
     def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
         return None
+
+    @property
+    def order(self) -> list[int]:
+        """The grid points' indices in the order this sampler hands them out (seeded)."""
+        return [cast(int, point[0]) for point in self._all_grids]  # one parameter: the index
 
 
 # -- value helpers (YAML types matter: true is not 1, 1 is not 1.0) --------------------------

@@ -288,3 +288,60 @@ def test_a_trial_replayed_after_a_driver_kill_keeps_its_final_record(tmp_path: P
     assert records["bbbb"]["status"] == "finished"  # the retry of a failed trial counts
     states = {t.user_attrs[RAY_TRIAL_ID]: t.state for t in searcher._ot_study.trials}
     assert states == {"aaaa": TrialState.PRUNED, "bbbb": TrialState.FAIL}
+
+
+def _grid_searcher(tmp_path: Path, storage: Any) -> Any:
+    """The searcher of a 4-point grid (variants slow/fast x seeds 0/1), as a sweep builds it."""
+    doc = yaml.safe_load(SMOKE.read_text())
+    doc["parameters"] = {}
+    doc["variants"] = {"slow": {"train.lr": 1.0e-6}, "fast": {"train.lr": 3.0e-3}}
+    doc["seeds"] = [0, 1]
+    doc["search"] = {"sampler": "grid", "max_concurrent": 2}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    space = load_search_space(path)
+    assert space.grid_size() == 4
+    return search_algorithm(space, storage=storage, study_name="grid", time_limit=None,
+                            max_concurrent=None, concurrency=2)  # fmt: skip
+
+
+def test_a_grid_runs_each_point_once_across_a_driver_kill(tmp_path: Path) -> None:
+    from ray.tune.search import Searcher
+
+    storage = journal_storage(tmp_path / "optuna.journal")
+    first = _grid_searcher(tmp_path, storage)
+    order = first._sampler.order  # the grid sampler's seeded order of the 4 points
+    assert sorted(order) == [0, 1, 2, 3]
+    points = {tid: first.suggest(tid)["grid_point"] for tid in ("a", "b", "c")}
+    assert points == {"a": order[0], "b": order[1], "c": order[2]}
+    first.on_trial_complete("a", result=_result(3, 0.5, final=True))
+    first.on_trial_complete("b", result=_result(2, 0.2))  # stopped by ASHA
+    # c is still running when the driver is killed; d was never asked for.
+
+    # The resumed driver's searcher: c was abandoned (no restored searcher knows it).
+    second = _grid_searcher(tmp_path, storage)
+    assert second.suggest("e")["grid_point"] == order[2]  # c's point is owed again...
+    assert second.suggest("f")["grid_point"] == order[3]
+    assert second.suggest("g") == Searcher.FINISHED  # ...and nothing else: e, f are running
+    second.on_trial_complete("e", error=True)  # a failed point has run: it is not run again
+    second.on_trial_complete("f", result=_result(3, 0.4, final=True))
+    assert second.suggest("h") == Searcher.FINISHED
+    study = optuna.load_study(study_name="grid", storage=storage)
+    runs = [t.params["grid_point"] for t in study.trials if t.number != 2]  # c: abandoned
+    assert sorted(runs) == [0, 1, 2, 3]  # each point once, c's by its replacement e
+
+
+def test_warm_start_copies_are_no_runs_of_a_grid(tmp_path: Path) -> None:
+    from hpsearch.searcher import WARM_START_FROM
+
+    storage = journal_storage(tmp_path / "optuna.journal")
+    study = optuna.create_study(study_name="grid", storage=storage, direction="maximize")
+    copy = optuna.trial.create_trial(
+        params={"grid_point": 0},
+        distributions={"grid_point": optuna.distributions.CategoricalDistribution([0, 1, 2, 3])},
+        value=0.7,
+        user_attrs={WARM_START_FROM: "earlier"},
+    )
+    study.add_trial(copy)
+    searcher = _grid_searcher(tmp_path, storage)
+    assert [searcher.suggest(t)["grid_point"] for t in "abcd"] == searcher._sampler.order
