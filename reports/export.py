@@ -9,8 +9,9 @@ each finished trial, the small files anyone needs to check it: `config.json`,
 `summary.json`, `metrics.jsonl`, `data_report.json` and the CS224N submission files under
 `predictions/` (files over `GZIP_OVER` bytes are gzipped). A tuned ablation exports the report
 of the whole plan and each phase as such an experiment under `phases/<phase>/`; by default
-the tuning phases carry their result tables but not their trials' files (`--phases` names the
-phases whose trials are copied). A run folder (`summary.json` at its top) exports as one trial.
+the tuning phases carry their result tables and their own reports (the search: each toggle's
+effect, parameter importance) but not their trials' files (`--phases` names the phases whose
+trials are copied); the final and reference phases are in the plan's report. A run folder (`summary.json` at its top) exports as one trial.
 Checkpoints, TensorBoard events and Ray's own files are never copied.
 
 The destination must not exist or be empty: an export never overwrites files. It is written
@@ -104,11 +105,16 @@ def _export_tuned(source: Path, out: Path, phases: Sequence[str] | None) -> None
     _copy_if_present(source / "report", out / "report")
     for phase in present:
         _export_experiment(
-            source / _PHASES / phase, out / _PHASES / phase, copy_trials=phase in wanted
+            source / _PHASES / phase,
+            out / _PHASES / phase,
+            copy_trials=phase in wanted,
+            copy_report=phase not in _DEFAULT_TRIAL_PHASES,  # a tuning phase: its search
         )
 
 
-def _export_experiment(source: Path, out: Path, *, copy_trials: bool) -> None:
+def _export_experiment(
+    source: Path, out: Path, *, copy_trials: bool, copy_report: bool = True
+) -> None:
     results = load_results(source)
     out.mkdir(parents=True, exist_ok=True)
     table = results.trials.drop(columns=["trial_dir"])
@@ -116,7 +122,7 @@ def _export_experiment(source: Path, out: Path, *, copy_trials: bool) -> None:
     for name in ("experiment.json", "search_space.yaml", "sweep_timing.json"):
         if (source / name).is_file():
             shutil.copy2(source / name, out / name)
-    if source.parent.name != _PHASES:  # a tuned ablation's phases share the plan's report
+    if copy_report:
         _copy_if_present(source / "report", out / "report")
     if not copy_trials:
         return

@@ -118,3 +118,35 @@ def test_a_run_folder_exports_as_one_trial_and_the_command_says_what_it_wrote(tm
     )
     assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1, again.stderr
     assert "not empty" in again.stderr
+
+
+def test_a_tuned_ablation_exports_its_tuning_phases_reports_and_its_final_trials(
+    tmp_path, paper_exp, paper_report
+):
+    import shutil
+
+    plan = tmp_path / "plan"
+    (plan / "report").mkdir(parents=True)
+    (plan / "ablation.json").write_text(json.dumps({"variants": ["baseline"]}))
+    (plan / "report" / "report.md").write_text("# the plan's report\n")
+    for phase in ("tune-baseline", "final"):  # each phase is an ordinary experiment
+        shutil.copytree(paper_exp, plan / "phases" / phase)
+    for path in sorted((plan / "phases" / "final" / "trials").glob("*.json")):
+        rec = json.loads(path.read_text()) if path.name != "broken.json" else {}
+        if rec.get("status") == "finished":
+            _dress(plan / "phases" / "final" / rec["trial_dir"])
+    out = tmp_path / "out"
+    export_results(plan, out)
+    assert (out / "report" / "report.md").read_text() == "# the plan's report\n"
+    tune, final = out / "phases" / "tune-baseline", out / "phases" / "final"
+    # the tuning phase's own report (its search: toggle effects, importance) comes along...
+    report_md = (paper_exp / "report" / "report.md").read_text()
+    assert (tune / "report" / "report.md").read_text() == report_md
+    assert not (tune / "trials").exists()  # ...its trials' files do not, by default
+    assert not (final / "report").exists()  # the final phase is in the plan's report
+    finished = pd.read_csv(final / "results.csv").query("status == 'finished'")
+    assert sorted(p.name for p in (final / "trials").iterdir()) == sorted(
+        finished["trial_id"].astype(str)
+    )
+    for phase in (tune, final):
+        assert (phase / "results.csv").is_file()
