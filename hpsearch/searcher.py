@@ -84,8 +84,8 @@ class FailureAwareOptunaSearch(OptunaSearch):
     - A resumed sweep replaying a trial whose end the study already holds changes nothing.
     - Every Optuna trial records its Ray trial id (user attribute "ray_trial_id"), which is
       also the name of its trials/<id>.json and runs/<id>.
-    - A grid sweep (`grid_size` points) runs each point once, in its sampler's (seeded)
-      order: each new trial takes the first point with no ended trial and none running here, and the
+    - A grid sweep runs each point once, in its sampler's seeded order (`order`): each new
+      trial takes the first point with no ended trial and none running here, and the
       searcher says FINISHED once no point is owed. A point whose trial a killed driver left
       RUNNING (abandoned) is owed again; one whose trial failed has run (Ray's max_failures
       retries it). Optuna's GridSampler alone hands out an already-run point when a resumed
@@ -94,18 +94,16 @@ class FailureAwareOptunaSearch(OptunaSearch):
     Multi-objective studies get no intermediate values (Optuna has none for them) and no ASHA.
     """
 
-    def __init__(
-        self, *, time_limit: float | None, grid_size: int = 0, **optuna_search: Any
-    ) -> None:
+    def __init__(self, *, time_limit: float | None, **optuna_search: Any) -> None:
         super().__init__(**optuna_search)
         self.time_limit = time_limit
-        self.grid_size = grid_size
         # steps already reported, per Ray trial (saved with the searcher's state)
         self._steps_reported: dict[str, set[int]] = {}
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        if self.__dict__.get("grid_size") and trial_id not in self._ot_trials:
-            point = self._next_grid_point()
+        grid_order = getattr(self._sampler, "order", None)  # a grid sweep's sampler has one
+        if grid_order is not None and trial_id not in self._ot_trials:
+            point = self._next_grid_point(grid_order)
             if point is None:
                 # (Ray documents FINISHED as suggest's "no more trials", though it hints Dict)
                 return Searcher.FINISHED  # type: ignore[return-value]
@@ -149,9 +147,9 @@ class FailureAwareOptunaSearch(OptunaSearch):
             if not self._has_ended(ot_trial):
                 study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
 
-    def _next_grid_point(self) -> int | None:
-        """The first grid point, in the sampler's order, with no ended trial and no trial
-        running in this driver."""
+    def _next_grid_point(self, order: list[int]) -> int | None:
+        """The first grid point in `order` with no ended trial and no trial running in this
+        driver."""
         live = {
             trial.number
             for ray_id, trial in self._ot_trials.items()
@@ -164,7 +162,6 @@ class FailureAwareOptunaSearch(OptunaSearch):
                 continue  # a warm-start copy is no run of this sweep
             if frozen.state.is_finished() or frozen.number in live:
                 taken.add(point)
-        order = getattr(self._sampler, "order", range(self.grid_size))  # the sampler's, seeded
         return next((p for p in order if p not in taken), None)
 
     def _report(self, trial_id: str, result: dict[str, Any]) -> None:
@@ -250,7 +247,6 @@ def search_algorithm(
         sampler=sampler,
         storage=storage,
         study_name=study_name,
-        grid_size=space.grid_size(),
     )
     return ConcurrencyLimiter(searcher, max_concurrent) if max_concurrent else searcher
 

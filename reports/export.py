@@ -11,7 +11,8 @@ each finished trial, the small files anyone needs to check it: `config.json`,
 of the whole plan and each phase as such an experiment under `phases/<phase>/`; by default
 the tuning phases carry their result tables and their own reports (the search: each toggle's
 effect, parameter importance) but not their trials' files (`--phases` names the phases whose
-trials are copied); the final and reference phases are in the plan's report. A run folder (`summary.json` at its top) exports as one trial.
+trials are copied); the final and reference phases are in the plan's report. A run folder
+(`summary.json` at its top) exports as one trial.
 Checkpoints, TensorBoard events and Ray's own files are never copied.
 
 The destination must not exist or be empty: an export never overwrites files. It is written
