@@ -20,6 +20,7 @@ A SearchSpace is plain data (it pickles), so the sweep hands it to Ray workers a
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,21 @@ SEED_KEY = "train.seed"  # the key `seeds:` replicates over
 NON_CONFIG_KEYS: frozenset[str] = frozenset({VARIANT_KEY, GRID_KEY})
 # Every config default: a toggle a space leaves unset is off (or on) as TrialConfig says.
 _DEFAULTS: dict[str, Any] = TrialConfig().to_flat_dict()
+
+
+def constant_liar_tpe(seed: int | None, n_startup_trials: int) -> optuna.samplers.TPESampler:
+    """Optuna's seeded TPE sampler with the constant liar (a running trial counts as a bad
+    result, so trials that run at the same time are not suggested the same point).
+
+    Optuna 4 marks ``constant_liar`` experimental and warns at every construction; the warning
+    is not the user's to act on and would break the one-line errors of the CLI, so it is
+    silenced here, for this construction only.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=n_startup_trials, constant_liar=True
+        )
 
 
 @dataclass(frozen=True)
@@ -210,9 +226,7 @@ class SearchSpace:
         # Optuna's default) so that small budgets still get model-based suggestions. The
         # constant liar keeps concurrent Ray trials from being suggested the same point.
         startup = min(10, max(2, self.num_samples // 3))
-        return optuna.samplers.TPESampler(
-            seed=self.sampler_seed, n_startup_trials=startup, constant_liar=True
-        )
+        return constant_liar_tpe(self.sampler_seed, startup)
 
     def grid_size(self) -> int:
         """Number of distinct grid points (0 unless the sampler is grid)."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpsearch.space import METRICS, NATURAL_MODE, Objective, Param, is_int
+from hpsearch.space import METRICS, NATURAL_MODE, Objective, Param, constant_liar_tpe, is_int
 from hpsearch.space_params import Fail, did_you_mean, failure
 
 if TYPE_CHECKING:
@@ -230,10 +230,4 @@ def tpe_sampler(seed: int, num_samples: int, concurrency: int = 1) -> optuna.sam
     The constant liar (a running trial counts as a bad result) keeps trials that run at the
     same time from being suggested the same point.
     """
-    import optuna
-
-    return optuna.samplers.TPESampler(
-        seed=seed,
-        n_startup_trials=tpe_startup_trials(num_samples, concurrency),
-        constant_liar=True,
-    )
+    return constant_liar_tpe(seed, tpe_startup_trials(num_samples, concurrency))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,15 @@ def test_default_space_covers_the_extensions():
     assert keys["train.lr"].log and keys["train.weight_decay"].log
     assert space.sampler == "tpe" and space.scheduler == "asha"
     assert isinstance(space.optuna_sampler(), optuna.samplers.TPESampler)
+
+
+def test_building_a_sampler_warns_nothing():
+    """Optuna 4 calls `constant_liar` experimental and warns; a sweep's stderr must stay
+    quiet (bad input is refused in exactly one line, and the CLI tests count them)."""
+    space = load_search_space(default_folder() / "default.yaml")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert space.optuna_sampler()._constant_liar  # the liar is on, silently
 
 
 def test_paper_ablation_is_the_report_grid():
