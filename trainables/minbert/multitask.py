@@ -30,8 +30,8 @@ from trainables.minbert.batching import Batch
 from trainables.minbert.data import TASKS
 from trainables.minbert.extensions.loss_terms import LossTerm, RandomState, TaskOutput
 from trainables.minbert.extensions.pair_similarity import PairHead, PairSimilarity
-from trainables.minbert.extensions.task_layers import TaskLayers, packed_layout, padded_mask
-from trainables.minbert.model import BertModel, mean_pool
+from trainables.minbert.extensions.task_layers import TaskLayers
+from trainables.minbert.model import BertModel, additive_mask, mean_pool, packed_layout
 
 NUM_SENTIMENT_CLASSES = 5
 
@@ -114,7 +114,7 @@ class MultitaskBert(nn.Module):
         `inputs` (or the same rows of both): through the task's own layers, then pooled."""
         mask = inputs["attention_mask"]
         if self.task_layers is not None:
-            hidden = self.task_layers(task, hidden, padded_mask(mask, hidden.dtype))
+            hidden = self.task_layers(task, hidden, additive_mask(mask, hidden.dtype))
         if self.pooling == "mean":
             return mean_pool(hidden, mask)
         pooled: torch.Tensor = self.encoder.pooler(hidden)

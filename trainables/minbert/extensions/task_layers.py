@@ -27,7 +27,7 @@ from torch import nn
 
 from trainables.errors import ConfigError
 from trainables.minbert.extensions.registry import build_active
-from trainables.minbert.model import BertModel, Packed, _additive_mask
+from trainables.minbert.model import BertModel, Packed
 
 if TYPE_CHECKING:
     from trainables.minbert.config import TrialConfig
@@ -37,8 +37,6 @@ __all__ = [
     "TaskTopLayers",
     "layer_parameter_count",
     "make_task_layers",
-    "packed_layout",
-    "padded_mask",
 ]
 
 
@@ -134,31 +132,6 @@ def layer_parameter_count(hidden: int, intermediate: int) -> int:
     """Parameters of one `BertLayer` of width `hidden` and feed-forward width `intermediate`:
     4H^2 + 2HI + 9H + I."""
     return 4 * hidden**2 + 2 * hidden * intermediate + 9 * hidden + intermediate
-
-
-def padded_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
-    """The additive attention mask the encoder builds for a padded batch (B, T) of 1/0: the
-    one the task's layers must use too (None without padding)."""
-    return _additive_mask(attention_mask, dtype)
-
-
-def packed_layout(
-    attention_mask: torch.Tensor, groups: Sequence[tuple[int, int]], dtype: torch.dtype
-) -> tuple[Packed, torch.Tensor]:
-    """The `Packed` layout `BertModel.forward_packed` builds for flat groups of sequences
-    (each group's additive mask) and the flat positions (rows,) of every row's first token,
-    where the [CLS] pooler reads."""
-    masks: list[torch.Tensor | None] = []
-    firsts = []
-    start = 0
-    for rows, width in groups:
-        group = attention_mask[start : start + rows * width].view(rows, width)
-        masks.append(_additive_mask(group, dtype))
-        firsts.append(
-            torch.arange(start, start + rows * width, width, device=attention_mask.device)
-        )
-        start += rows * width
-    return Packed(list(groups), masks), torch.cat(firsts)
 
 
 def make_task_layers(cfg: TrialConfig) -> TaskLayers | None:
