@@ -17,33 +17,17 @@ import torch
 from trainables.errors import ConfigError
 from trainables.minbert import run_checkpoint
 from trainables.minbert.callbacks import TrainerCallback
-from trainables.minbert.config import load_trial_config
 from trainables.minbert.trainer import MultitaskTrainer, train_trial
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
-TINY = [
-    "model.checkpoint=random",
-    "model.hidden_size=32",
-    "model.num_layers=2",
-    "model.num_heads=2",
-    "model.intermediate_size=64",
-    "model.dropout=0.1",
-    "data.max_length=32",
-    "data.max_train_examples=48",
-    "data.max_eval_examples=24",
-    "data.train_eval_examples=16",
-    "train.batch_size=8",
-    "train.lr=1e-3",
-    "train.evals_per_epoch=3",  # 6 steps: evaluations after steps 2, 4 and 6 (the final)
-    "train.keep_checkpoints=5",  # every checkpoint stays, to evaluate the best one directly
-]
 MARGIN = 0.02  # how far below the best so far a degraded evaluation must lie
 SCORES = ("sst_acc", "para_acc", "sts_r", "overall")
 
 
-def tiny(tmp_path, *extra: str):
-    return load_trial_config(None, [*TINY, f"data.cache_dir={tmp_path / 'tokens'}", *extra])
+# 6 steps: evaluations after steps 2, 4 and 6 (the final); every checkpoint stays, to
+# evaluate the best one directly
+SELECTION = ("train.evals_per_epoch=3", "train.keep_checkpoints=5")
 
 
 class Degrade(TrainerCallback):
@@ -154,8 +138,8 @@ def predictions(run) -> dict[str, str]:
 # (ZeRO-3 does not train minBERT yet: BertEmbeddings reads its position table's weight
 # directly, which ZeRO-3 has partitioned away; module_weights' gathering is checked alone.)
 @pytest.mark.parametrize("zero_stage", [0, 2])
-def test_the_final_scores_are_those_of_the_best_dev_checkpoint(tmp_path, zero_stage):
-    cfg = tiny(tmp_path, f"train.deepspeed.zero_stage={zero_stage}")
+def test_the_final_scores_are_those_of_the_best_dev_checkpoint(tmp_path, zero_stage, tiny_trial):
+    cfg = tiny_trial(*SELECTION, f"train.deepspeed.zero_stage={zero_stage}")
     assert cfg.train.select_best_dev, "selection on dev is the default"
     run = tmp_path / "run"
     rec = Degrade(steps=(4, 6))
@@ -193,8 +177,8 @@ def test_the_final_scores_are_those_of_the_best_dev_checkpoint(tmp_path, zero_st
     assert run_checkpoint.verify_checkpoint(last) is None  # sealed with the rest
 
 
-def test_without_selection_the_last_step_is_scored(tmp_path):
-    cfg = tiny(tmp_path, "train.select_best_dev=false")
+def test_without_selection_the_last_step_is_scored(tmp_path, tiny_trial):
+    cfg = tiny_trial(*SELECTION, "train.select_best_dev=false")
     run = tmp_path / "run"
     rec = Degrade(steps=(4, 6))
     summary = train_trial(cfg, run, callbacks=[rec])
@@ -208,8 +192,8 @@ def test_without_selection_the_last_step_is_scored(tmp_path):
     assert predictions(run) == files
 
 
-def test_a_resumed_run_still_knows_its_best(tmp_path):
-    cfg = tiny(tmp_path)
+def test_a_resumed_run_still_knows_its_best(tmp_path, tiny_trial):
+    cfg = tiny_trial(*SELECTION)
     full = Degrade(steps=(4, 6))
     summary = train_trial(cfg, tmp_path / "full", callbacks=[full])
     crashed = Degrade(steps=(4, 6), crash_after_eval=2)  # after the checkpoint of step 4

@@ -271,25 +271,15 @@ def test_direct_construction_refuses_bad_values() -> None:
 
 
 # ------------------------------------------------------------------ a real trial, resumed
-TINY = [
-    "model.checkpoint=random",
-    "model.hidden_size=32",
-    "model.num_layers=2",
-    "model.num_heads=2",
-    "model.intermediate_size=64",
-    "model.dropout=0.1",
-    "data.max_length=32",
-    "data.max_train_examples=48",
-    "data.max_eval_examples=24",
-    "data.train_eval_examples=16",
-    "train.batch_size=8",
-    "train.lr=1e-3",
+
+
+SCHEDULED = (
     "train.evals_per_epoch=3",
     "extensions.lr_schedule=true",
     "extensions.lr_schedule_warmup=0.3",
     "extensions.llrd=true",
     "extensions.llrd_decay=0.5",
-]
+)
 
 
 class RateRecorder(TrainerCallback):
@@ -310,11 +300,11 @@ class RateRecorder(TrainerCallback):
             raise KeyboardInterrupt("simulated crash")
 
 
-def test_resumed_trial_continues_the_schedule_exactly(tmp_path) -> None:
+def test_resumed_trial_continues_the_schedule_exactly(tmp_path, tiny_trial) -> None:
     """A tiny trial with the schedule and layer-wise decay, stopped after its first
     evaluation and resumed from its checkpoint, takes the uninterrupted run's steps at the
     uninterrupted run's rates, every group's, with the same losses."""
-    cfg = load_trial_config(None, TINY)
+    cfg = tiny_trial(*SCHEDULED)
     full = RateRecorder()
     train_trial(cfg, tmp_path / "full", callbacks=[full])
     crashed = RateRecorder(crash_after_eval=1)

@@ -304,21 +304,6 @@ def test_bad_options_are_refused_in_one_line(overrides, message) -> None:
 
 
 # ------------------------------------------------------------------ in a real trial
-TINY = [
-    "model.checkpoint=random",
-    "model.hidden_size=32",
-    "model.num_layers=2",
-    "model.num_heads=2",
-    "model.intermediate_size=64",
-    "model.dropout=0.1",
-    "data.max_length=32",
-    "data.max_train_examples=48",
-    "data.max_eval_examples=24",
-    "data.train_eval_examples=16",
-    "train.batch_size=8",
-    "train.lr=1e-3",
-    "train.max_steps=3",
-]
 
 
 class _Steps(TrainerCallback):
@@ -330,11 +315,14 @@ class _Steps(TrainerCallback):
 
 
 @pytest.mark.parametrize("zero_stage", [0, 2])
-def test_both_terms_train_with_pcgrad_in_a_tiny_trial(tmp_path, zero_stage) -> None:
+def test_both_terms_train_with_pcgrad_in_a_tiny_trial(
+    tmp_path, zero_stage, tiny_overrides
+) -> None:
     cfg = load_trial_config(
         None,
         [
-            *TINY,
+            *tiny_overrides,
+            "train.max_steps=3",
             "extensions.pcgrad=true",
             "extensions.mnrl=true",
             "extensions.mnrl_sts_threshold=2.5",
@@ -356,7 +344,12 @@ def test_both_terms_train_with_pcgrad_in_a_tiny_trial(tmp_path, zero_stage) -> N
     assert "pcgrad_conflict_rate" in steps.logs[0]
     # the same trial without loss terms logs none, and its task losses differ
     plain = _Steps()
-    off = [*TINY, "extensions.pcgrad=true", f"train.deepspeed.zero_stage={zero_stage}"]
+    off = [
+        *tiny_overrides,
+        "train.max_steps=3",
+        "extensions.pcgrad=true",
+        f"train.deepspeed.zero_stage={zero_stage}",
+    ]
     train_trial(load_trial_config(None, off), tmp_path / "plain", callbacks=[plain])
     assert not any(k.startswith(("loss_mnrl", "loss_smart")) for k in plain.logs[0])
     assert plain.logs[0]["loss_para"] != steps.logs[0]["loss_para"]

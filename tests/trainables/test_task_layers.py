@@ -30,21 +30,6 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 TASKS = ("sst", "para", "sts")
 CONFIG = BertConfig(vocab_size=60, hidden_size=16, num_layers=3, num_heads=2, intermediate_size=32)
-TINY = [
-    "model.checkpoint=random",
-    "model.hidden_size=32",
-    "model.num_layers=2",
-    "model.num_heads=2",
-    "model.intermediate_size=64",
-    "model.dropout=0.1",
-    "data.max_length=32",
-    "data.max_train_examples=48",
-    "data.max_eval_examples=24",
-    "data.train_eval_examples=16",
-    "train.batch_size=8",
-    "train.lr=1e-3",
-    "extensions.task_layers=true",
-]
 
 
 def pair(count: int, pooling: str) -> tuple[MultitaskBert, MultitaskBert]:
@@ -248,12 +233,12 @@ def test_the_toggle_builds_it_and_refuses_a_count_above_the_layers():
         attached.attach(BertModel.from_config(CONFIG, seed=0), TASKS)
 
 
-def test_a_trial_trains_the_copies_apart_with_pcgrad_on_the_shared_part(tmp_path):
+def test_a_trial_trains_the_copies_apart_with_pcgrad_on_the_shared_part(tmp_path, tiny_overrides):
     cfg = load_trial_config(
         None,
         [
-            *TINY,
-            f"data.cache_dir={tmp_path / 'tokens'}",
+            *tiny_overrides,
+            "extensions.task_layers=true",
             "extensions.pcgrad=true",
             "train.max_steps=3",
             "train.select_best_dev=false",
@@ -290,12 +275,12 @@ def test_a_trial_trains_the_copies_apart_with_pcgrad_on_the_shared_part(tmp_path
     assert test == {k: v for k, v in summary.items() if k.startswith("test_")}
 
 
-def test_a_trial_with_every_layer_per_task_and_cross_pairs_runs(tmp_path):
+def test_a_trial_with_every_layer_per_task_and_cross_pairs_runs(tmp_path, tiny_overrides):
     cfg = load_trial_config(
         None,
         [
-            *TINY,
-            f"data.cache_dir={tmp_path / 'tokens'}",
+            *tiny_overrides,
+            "extensions.task_layers=true",
             "extensions.task_layers_count=2",  # every layer: only the embeddings are shared
             "model.pair_encoding=cross",
             "model.pooling=cls",

@@ -10,29 +10,8 @@ import torch
 
 from trainables.errors import ConfigError, NonFiniteLossError
 from trainables.minbert.callbacks import TrainerCallback
-from trainables.minbert.config import load_trial_config
 from trainables.minbert.run_checkpoint import find_checkpoint
 from trainables.minbert.trainer import MultitaskTrainer, train_trial
-
-TINY = [
-    "model.checkpoint=random",
-    "model.hidden_size=32",
-    "model.num_layers=2",
-    "model.num_heads=2",
-    "model.intermediate_size=64",
-    "model.dropout=0.1",
-    "data.max_length=32",
-    "data.max_train_examples=48",
-    "data.max_eval_examples=24",
-    "data.train_eval_examples=16",
-    "train.batch_size=8",
-    "train.lr=1e-3",
-    "train.evals_per_epoch=2",
-]
-
-
-def tiny(*extra: str):
-    return load_trial_config(None, TINY + list(extra))
 
 
 class Recorder(TrainerCallback):
@@ -56,8 +35,12 @@ def losses(rec: Recorder) -> list[tuple[int, float, float, float]]:
     ]
 
 
-def test_two_step_seeded_run_is_reproducible(tmp_path):
-    cfg = tiny("train.max_steps=2", "extensions.pcgrad=true", "extensions.cosine_sts=true")
+def test_two_step_seeded_run_is_reproducible(tmp_path, tiny_trial):
+    cfg = tiny_trial(
+        "train.max_steps=2",
+        "extensions.pcgrad=true",
+        "extensions.cosine_sts=true",
+    )
     a, b = Recorder(), Recorder()
     train_trial(cfg, tmp_path / "a", callbacks=[a])
     train_trial(cfg, tmp_path / "b", callbacks=[b])
@@ -67,7 +50,7 @@ def test_two_step_seeded_run_is_reproducible(tmp_path):
     # a different seed takes a different path
     c = Recorder()
     train_trial(
-        tiny(
+        tiny_trial(
             "train.max_steps=2",
             "extensions.pcgrad=true",
             "extensions.cosine_sts=true",
@@ -79,8 +62,8 @@ def test_two_step_seeded_run_is_reproducible(tmp_path):
     assert losses(c) != losses(a)
 
 
-def test_run_folder_outputs(tmp_path):
-    cfg = tiny("extensions.pcgrad=true", "extensions.sequential_sts=true")
+def test_run_folder_outputs(tmp_path, tiny_trial):
+    cfg = tiny_trial("extensions.pcgrad=true", "extensions.sequential_sts=true")
     summary = train_trial(cfg, tmp_path / "run")
     run = tmp_path / "run"
     assert json.loads((run / "config.json").read_text())["extensions"]["pcgrad"] is True
@@ -117,8 +100,12 @@ def test_run_folder_outputs(tmp_path):
     assert find_checkpoint(run).name.startswith("step-")
 
 
-def test_resume_continues_with_identical_steps(tmp_path):
-    cfg = tiny("extensions.pcgrad=true", "train.evals_per_epoch=3", "model.dropout=0.2")
+def test_resume_continues_with_identical_steps(tmp_path, tiny_trial):
+    cfg = tiny_trial(
+        "extensions.pcgrad=true",
+        "train.evals_per_epoch=3",
+        "model.dropout=0.2",
+    )
     full = Recorder()
     train_trial(cfg, tmp_path / "full", callbacks=[full])
     crashed = Recorder(crash_after_eval=1)
@@ -135,8 +122,8 @@ def test_resume_continues_with_identical_steps(tmp_path):
     assert resumed.evals[-1]["dev_overall"] == pytest.approx(full.evals[-1]["dev_overall"], abs=0)
 
 
-def test_corrupt_checkpoint_falls_back_to_previous_good_one(tmp_path):
-    cfg = tiny("train.evals_per_epoch=3", "train.keep_checkpoints=3")
+def test_corrupt_checkpoint_falls_back_to_previous_good_one(tmp_path, tiny_trial):
+    cfg = tiny_trial("train.evals_per_epoch=3", "train.keep_checkpoints=3")
     train_trial(cfg, tmp_path / "run")
     ckpts = sorted((tmp_path / "run" / "checkpoints").glob("step-*"))
     assert len(ckpts) >= 2
@@ -150,14 +137,14 @@ def test_corrupt_checkpoint_falls_back_to_previous_good_one(tmp_path):
         find_checkpoint(tmp_path / "run")
 
 
-def test_non_finite_loss_stops_the_trial(tmp_path):
-    cfg = tiny("train.lr=1e30", "train.grad_clip=0", "extensions.pcgrad=false")
+def test_non_finite_loss_stops_the_trial(tmp_path, tiny_trial):
+    cfg = tiny_trial("train.lr=1e30", "train.grad_clip=0", "extensions.pcgrad=false")
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step \d+"):
         train_trial(cfg, tmp_path / "run")
 
 
-def test_trainer_counts_steps_from_the_sampler(tmp_path):
-    cfg = tiny("extensions.task_sampling=proportional", "train.max_steps=3")
+def test_trainer_counts_steps_from_the_sampler(tmp_path, tiny_trial):
+    cfg = tiny_trial("extensions.task_sampling=proportional", "train.max_steps=3")
     trainer = MultitaskTrainer(cfg, tmp_path / "run")
     trainer.setup()
     try:
@@ -168,10 +155,10 @@ def test_trainer_counts_steps_from_the_sampler(tmp_path):
         trainer.cleanup()
 
 
-def test_freeze_word_embeddings_keeps_the_matrix_fixed_while_the_rest_trains(tmp_path):
+def test_freeze_word_embeddings_keeps_the_matrix_fixed_while_the_rest_trains(tmp_path, tiny_trial):
     """model.freeze_word_embeddings reaches the model: the word-embedding matrix gets no
     gradient and no update (no AdamW decay either), every other parameter trains."""
-    cfg = tiny("train.max_steps=3", "model.freeze_word_embeddings=true")
+    cfg = tiny_trial("train.max_steps=3", "model.freeze_word_embeddings=true")
     trainer = MultitaskTrainer(cfg, tmp_path / "run")
     try:
         trainer.setup()
