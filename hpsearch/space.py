@@ -66,6 +66,13 @@ NON_CONFIG_KEYS: frozenset[str] = frozenset({VARIANT_KEY, GRID_KEY})
 _DEFAULTS: dict[str, Any] = TrialConfig().to_flat_dict()
 
 
+def serial_startup_trials(num_samples: int) -> int:
+    """Random start-up trials of a TPE search that runs one trial at a time: a third of the
+    budget, at least 2 and at most Optuna's default of 10, so that small budgets still get
+    model-based suggestions."""
+    return min(10, max(2, num_samples // 3))
+
+
 def constant_liar_tpe(seed: int | None, n_startup_trials: int) -> optuna.samplers.TPESampler:
     """Optuna's seeded TPE sampler with the constant liar (a running trial counts as a bad
     result, so trials that run at the same time are not suggested the same point).
@@ -222,11 +229,9 @@ class SearchSpace:
             return optuna.samplers.NSGAIISampler(
                 seed=self.sampler_seed, population_size=population
             )
-        # TPE: random start-up trials then model-based; a third of the budget (at most 10, as
-        # Optuna's default) so that small budgets still get model-based suggestions. The
-        # constant liar keeps concurrent Ray trials from being suggested the same point.
-        startup = min(10, max(2, self.num_samples // 3))
-        return constant_liar_tpe(self.sampler_seed, startup)
+        # TPE: random start-up trials then model-based (a sweep running trials in parallel
+        # uses space_search.tpe_sampler, which counts the trials running beside one).
+        return constant_liar_tpe(self.sampler_seed, serial_startup_trials(self.num_samples))
 
     def grid_size(self) -> int:
         """Number of distinct grid points (0 unless the sampler is grid)."""

@@ -10,7 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpsearch.space import METRICS, NATURAL_MODE, Objective, Param, constant_liar_tpe, is_int
+from hpsearch.space import (
+    METRICS,
+    NATURAL_MODE,
+    Objective,
+    Param,
+    constant_liar_tpe,
+    is_int,
+    serial_startup_trials,
+)
 from hpsearch.space_params import Fail, did_you_mean, failure
 
 if TYPE_CHECKING:
@@ -202,13 +210,6 @@ def _objective(fail: Fail, where: str, metric: Any, mode: Any) -> Objective:
 
 
 # TPE under parallel trials -----------------------------------------------------------
-def serial_startup_trials(num_samples: int) -> int:
-    """Random start-up trials of a TPE search that runs one trial at a time: a third of the
-    budget, at least 2 and at most Optuna's default of 10, so that small budgets still get
-    model-based suggestions."""
-    return min(10, max(2, num_samples // 3))
-
-
 def tpe_startup_trials(num_samples: int, concurrency: int) -> int:
     """TPE's `n_startup_trials` when up to `concurrency` trials run at once (docs/SEARCH_SPACES.md,
     "Parallel search"): the serial count less the trials that run beside one, at least 2.
