@@ -187,15 +187,17 @@ def _trial_dirname(trial: Any) -> str:
 
 
 AUTH_DISABLED_WARNING = (
-    "warning: RAY_AUTH_MODE=disabled: Ray's token authentication is off and its ports listen "
-    "on all interfaces; anyone who can reach this machine can run code on it"
+    "warning: RAY_AUTH_MODE=disabled ignored: hpsearch keeps Ray's token authentication on, "
+    "because Ray's ports listen on all interfaces (anyone who can reach this machine could "
+    "run code on it); unset RAY_AUTH_MODE to silence this"
 )
 
 
 def keep_token_authentication() -> None:
     """Ray's token authentication on for the Ray this process starts or joins, and for every
-    process Ray starts from it (they inherit RAY_AUTH_MODE): `token` unless the user set
-    RAY_AUTH_MODE, and one warning line when they opted out.
+    process Ray starts from it (they inherit RAY_AUTH_MODE): `token` when the variable is
+    unset, and also when it says `disabled` (one warning line then): hpsearch never runs or
+    joins a Ray without authentication.
 
     Ray turns it on by itself only for a new local cluster; a driver joining a cluster by
     address would otherwise connect without a token. A new local cluster's token is
@@ -203,17 +205,18 @@ def keep_token_authentication() -> None:
     on first use).
     """
     mode = os.environ.get("RAY_AUTH_MODE")
-    if mode is None:
-        os.environ["RAY_AUTH_MODE"] = "token"
-        if "ray" in sys.modules:
-            # Ray reads the variable into its config when imported: refresh it, as Ray does
-            # when it turns token authentication on itself (otherwise this process would skip
-            # writing a missing token that the GCS it starts then requires).
-            from ray._raylet import Config  # type: ignore[attr-defined]  # compiled, no stub entry
-
-            Config.initialize("")
-    elif mode.strip().lower() == "disabled":
+    if mode is not None and mode.strip().lower() != "disabled":
+        return  # token (or a mode of Ray's own that is not "off"): left as the user set it
+    if mode is not None:
         print(AUTH_DISABLED_WARNING, file=sys.stderr)
+    os.environ["RAY_AUTH_MODE"] = "token"
+    if "ray" in sys.modules:
+        # Ray reads the variable into its config when imported: refresh it, as Ray does
+        # when it turns token authentication on itself (otherwise this process would skip
+        # writing a missing token that the GCS it starts then requires).
+        from ray._raylet import Config  # type: ignore[attr-defined]  # compiled, no stub entry
+
+        Config.initialize("")
 
 
 def init_ray(address: str | None, num_cpus: int | None) -> None:

@@ -134,7 +134,7 @@ def test_no_shell():
     assert problems == []
 
 
-_AUTH_OPT_OUT_TESTS = {Path("tests/hpsearch/test_ray_auth.py")}  # the opt-out's warning
+_AUTH_OPT_OUT_TESTS = {Path("tests/hpsearch/test_ray_auth.py")}  # an opt-out is overridden
 
 
 def _disables_ray_auth(node: ast.AST) -> bool:

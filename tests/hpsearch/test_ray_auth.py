@@ -257,9 +257,10 @@ def test_ctrl_c_ends_with_the_resume_command_and_resume_completes(
     assert len(recs) == 2 and all(r["status"] == "finished" for r in recs.values()), recs
 
 
-def test_the_opt_out_is_the_users_and_warns(monkeypatch, capsys):
+def test_token_authentication_is_turned_on_even_against_an_opt_out(monkeypatch, capsys):
     """RAY_AUTH_MODE unset: hpsearch turns token authentication on for what it starts or
-    joins. Set to `disabled` by the user: kept, with one warning line on stderr."""
+    joins. Set to `disabled` by the user: turned on all the same, with one warning line on
+    stderr saying so."""
     from hpsearch import driver
 
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
@@ -269,7 +270,9 @@ def test_the_opt_out_is_the_users_and_warns(monkeypatch, capsys):
 
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     driver.keep_token_authentication()
-    assert os.environ["RAY_AUTH_MODE"] == "disabled"
+    assert os.environ["RAY_AUTH_MODE"] == "token"
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("warning: RAY_AUTH_MODE=disabled: "), err
-    assert "anyone who can reach this machine can run code on it" in err
+    assert err.count("\n") == 1 and err.startswith("warning: RAY_AUTH_MODE=disabled ignored: "), (
+        err
+    )
+    assert "anyone who can reach this machine could run code on it" in err
