@@ -344,17 +344,25 @@ class BertModel(nn.Module):
         hidden = self.encoder(x, additive_mask(attention_mask, x.dtype))  # (B, T, H)
         return hidden, self.pooler(hidden)
 
-    def forward_packed(
+    def encode_packed(
         self, input_ids: Tensor, attention_mask: Tensor, shapes: list[tuple[int, int]]
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Packed, Tensor]:
         """Groups of sequences, flat (`Packed`): input_ids, attention_mask (N,), group g
-        `shapes[g]` = (rows, width). Returns hidden states (N, H) in the same layout and the
-        pooler output (sum of rows, H), group after group."""
+        `shapes[g]` = (rows, width). Returns the hidden states (N, H) in the same layout, the
+        layout itself (for layers that run on after the encoder) and the flat positions
+        (sum of rows,) of every row's first token, where the [CLS] pooler reads."""
         dev = input_ids.device
         positions = torch.cat([torch.arange(w, device=dev).repeat(n) for n, w in shapes])
         x = self.embeddings(input_ids, None, positions)  # (N, H); token type 0 throughout
         layout, firsts = packed_layout(attention_mask, shapes, x.dtype)
-        hidden = self.encoder(x, layout)  # (N, H)
+        return self.encoder(x, layout), layout, firsts  # (N, H)
+
+    def forward_packed(
+        self, input_ids: Tensor, attention_mask: Tensor, shapes: list[tuple[int, int]]
+    ) -> tuple[Tensor, Tensor]:
+        """`encode_packed`'s hidden states (N, H) and the pooler output (sum of rows, H),
+        group after group."""
+        hidden, _, firsts = self.encode_packed(input_ids, attention_mask, shapes)
         return hidden, self.pooler(hidden[firsts].unsqueeze(1))
 
     @classmethod

@@ -31,7 +31,7 @@ from trainables.minbert.data import TASKS
 from trainables.minbert.extensions.loss_terms import LossTerm, RandomState, TaskOutput
 from trainables.minbert.extensions.pair_similarity import PairHead, PairSimilarity
 from trainables.minbert.extensions.task_layers import TaskLayers
-from trainables.minbert.model import BertModel, additive_mask, mean_pool, packed_layout
+from trainables.minbert.model import BertModel, additive_mask, mean_pool
 
 NUM_SENTIMENT_CLASSES = 5
 
@@ -129,16 +129,13 @@ class MultitaskBert(nn.Module):
         """Sentence embeddings (rows of all groups, H) of groups of sentences laid out flat,
         group after group (`BertModel.forward_packed`), in that order (for `task`, needed
         with per-task layers)."""
-        hidden, pooled = self.encoder.forward_packed(
+        hidden, layout, firsts = self.encoder.encode_packed(
             inputs["input_ids"], inputs["attention_mask"], groups
         )
-        if self.task_layers is not None:
-            layout, firsts = packed_layout(inputs["attention_mask"], groups, hidden.dtype)
+        if self.task_layers is not None:  # on the encoder's own layout, not a rebuilt one
             hidden = self.task_layers(_needed(task), hidden, layout)
-            if self.pooling != "mean":
-                pooled = self.encoder.pooler(hidden[firsts].unsqueeze(1))
         if self.pooling != "mean":
-            cls_pooled: torch.Tensor = pooled
+            cls_pooled: torch.Tensor = self.encoder.pooler(hidden[firsts].unsqueeze(1))
             return cls_pooled
         sizes = [rows * width for rows, width in groups]
         parts = [
