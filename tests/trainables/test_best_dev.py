@@ -62,10 +62,10 @@ class Degrade(TrainerCallback):
         return trainer.evaluate(trainer.data.dev, "dev")["dev_overall"]
 
     def _draws(self, trainer, step: int, count: int):
-        """`count` noisy copies of the current weights, each loaded into the engine in turn;
-        yields (attempt, weights) with the weights loaded. Through the module's whole
-        state_dict: under ZeRO-3 a rank's parameters are partitions, which these helpers
-        gather and scatter again."""
+        """`count` noisy copies of the current weights, each loaded into the engine in turn
+        and yielded while loaded; the current weights are loaded again after the last.
+        Through the module's whole state_dict: under ZeRO-3 a rank's parameters are
+        partitions, which these helpers gather and scatter again."""
         gen = torch.Generator().manual_seed(step)
         base = {k: w.clone() for k, w in run_checkpoint.module_weights(trainer.engine).items()}
         for attempt in range(count):
@@ -77,16 +77,15 @@ class Degrade(TrainerCallback):
                 for k, w in base.items()
             }
             run_checkpoint.load_module_weights(trainer.engine, noisy)
-            yield attempt, noisy
+            yield noisy
         run_checkpoint.load_module_weights(trainer.engine, base)
 
     def on_step_end(self, trainer, logs):
         step = logs["step"]
         if step == self.boost_step:
             best_score = self._dev(trainer)
-            best = run_checkpoint.module_weights(trainer.engine)
-            best = {k: w.clone() for k, w in best.items()}
-            for _, weights in self._draws(trainer, step, self.BOOST_DRAWS):
+            best = {k: w.clone() for k, w in run_checkpoint.module_weights(trainer.engine).items()}
+            for weights in self._draws(trainer, step, self.BOOST_DRAWS):
                 score = self._dev(trainer)
                 if score == score and score > best_score:  # finite (not NaN) and better
                     best_score, best = score, weights
@@ -99,7 +98,7 @@ class Degrade(TrainerCallback):
         if (score := self._dev(trainer)) == score and score < target - MARGIN:
             return
         scores = [score]
-        for _, _weights in self._draws(trainer, step, self.ATTEMPTS):
+        for _ in self._draws(trainer, step, self.ATTEMPTS):
             score = self._dev(trainer)
             if score == score and score < target - MARGIN:  # finite (not NaN) and worse
                 return
