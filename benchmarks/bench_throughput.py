@@ -152,16 +152,15 @@ def step_flops(model: MultitaskBert, batch: Batch) -> float:
     forward 2 N L (4 H^2 + 2 H I) for the qkv, attention-output and two FFN weights, plus
     4 L n w^2 H for the two attention products (q k^T and a v); the backward computes twice
     the forward (the input and the weight gradient of every matmul). The pooler's H x H matmul
-    on the n first tokens counts three times with CLS pooling; under mean pooling a padded
-    pass runs it forward only (BertModel.forward computes it, nothing uses it, so no backward
-    reaches it) and a packed pass not at all (encode_packed leaves it to the caller). Each head's nn.Linear counts
+    on the n first tokens counts three times with CLS pooling and not at all under mean
+    pooling (BertModel.encode and encode_packed leave it to the caller). Each head's nn.Linear counts
     3 x 2 B in out. Embedding lookups, LayerNorm, GELU, softmax and dropout are not matmuls.
     `tests/benchmarks/test_bench_throughput.py` checks this against
     torch.utils.flop_counter.FlopCounterMode.
     """
     cfg = model.encoder.config
     hid, ffn, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
-    pooler = 3 if model.pooling == "cls" else 0 if "sentences" in batch else 1
+    pooler = 3 if model.pooling == "cls" else 0
     total = 0.0
     for n, w in encoder_passes(batch):
         forward = 2 * n * w * layers * (4 * hid * hid + 2 * hid * ffn)

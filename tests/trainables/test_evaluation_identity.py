@@ -221,10 +221,10 @@ def test_each_distinct_sentence_is_encoded_once_per_evaluation(cache_dir, tmp_pa
     assert len(distinct) < len(sentences), "the synthetic dev set repeats sentences"
     calls: list[tuple[int, int]] = []  # (rows, width) of every encoder call
 
-    def count(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        calls.append(tuple(kwargs["input_ids"].shape))
+    def count(module: nn.Module, args: tuple) -> None:
+        calls.append(tuple(args[0].shape))  # input_ids (B, T) of a padded encoder pass
 
-    handle = model.encoder.register_forward_pre_hook(count, with_kwargs=True)
+    handle = model.encoder.embeddings.register_forward_pre_hook(count)
     try:
         scores = evaluate(model, data.dev, "dev", tokenizer, 64, CPU, predictions_dir=tmp_path)
         new_calls, calls = calls, []
@@ -295,8 +295,8 @@ def test_with_task_layers_the_shared_layers_run_once_per_sentence_and_each_top_p
     top_rows: dict[str, list[int]] = {t: [] for t in TASKS}
     assert model.task_layers is not None
     handles = [
-        model.encoder.register_forward_pre_hook(
-            lambda m, a, kw: shared_rows.append(kw["input_ids"].shape[0]), with_kwargs=True
+        model.encoder.embeddings.register_forward_pre_hook(
+            lambda m, a: shared_rows.append(a[0].shape[0])  # input_ids (B, T)
         )
     ]
     for t in TASKS:

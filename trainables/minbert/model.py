@@ -340,9 +340,19 @@ class BertModel(nn.Module):
         token_type_ids: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """input_ids, attention_mask (1 = real token, 0 = padding), token_type_ids: (B, T)."""
-        x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
-        hidden = self.encoder(x, additive_mask(attention_mask, x.dtype))  # (B, T, H)
+        hidden = self.encode(input_ids, attention_mask, token_type_ids)
         return hidden, self.pooler(hidden)
+
+    def encode(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+    ) -> Tensor:
+        """`forward`'s last hidden states (B, T, H) alone: the pooler is the caller's."""
+        x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
+        hidden: Tensor = self.encoder(x, additive_mask(attention_mask, x.dtype))  # (B, T, H)
+        return hidden
 
     def encode_packed(
         self, input_ids: Tensor, attention_mask: Tensor, shapes: list[tuple[int, int]]

@@ -93,28 +93,21 @@ class MultitaskBert(nn.Module):
     def embed(self, inputs: dict[str, torch.Tensor], task: str | None = None) -> torch.Tensor:
         """Sentence embeddings (B, H) of a padded batch (for `task`, needed with per-task
         layers: a sentence's embedding then differs by task)."""
-        if self.task_layers is not None:
-            return self.task_embedding(_needed(task), self.shared_states(inputs), inputs)
-        hidden, pooled = self.encoder(**inputs)  # (B, T, H), (B, H)
-        if self.pooling == "mean":
-            return mean_pool(hidden, inputs["attention_mask"])
-        cls_pooled: torch.Tensor = pooled
-        return cls_pooled
+        return self.task_embedding(task, self.shared_states(inputs), inputs)
 
     def shared_states(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """The shared encoder's token states (B, T, H) of a padded batch: every layer's
         without per-task layers, the shared bottom's with them."""
-        hidden: torch.Tensor = self.encoder(**inputs)[0]
-        return hidden
+        return self.encoder.encode(**inputs)  # no pooler: task_embedding runs it when read
 
     def task_embedding(
-        self, task: str, hidden: torch.Tensor, inputs: dict[str, torch.Tensor]
+        self, task: str | None, hidden: torch.Tensor, inputs: dict[str, torch.Tensor]
     ) -> torch.Tensor:
         """Sentence embeddings (B, H) for `task` from `shared_states` of the padded batch
         `inputs` (or the same rows of both): through the task's own layers, then pooled."""
         mask = inputs["attention_mask"]
         if self.task_layers is not None:
-            hidden = self.task_layers(task, hidden, additive_mask(mask, hidden.dtype))
+            hidden = self.task_layers(_needed(task), hidden, additive_mask(mask, hidden.dtype))
         if self.pooling == "mean":
             return mean_pool(hidden, mask)
         pooled: torch.Tensor = self.encoder.pooler(hidden)
