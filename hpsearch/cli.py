@@ -348,10 +348,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"experiment folder {exp} does not exist: pass the folder a sweep wrote"
             )
-        tensorboard.serve_forever(
+        return tensorboard.serve_forever(
             exp, host=args.host, port=args.port, allow_remote=args.allow_remote
         )
-        return 0
     if args.command == "dashboard":
         return dashboard.serve_forever(
             args.exp_dir, host=args.host, port=args.port, allow_remote=args.allow_remote

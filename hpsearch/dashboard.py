@@ -14,7 +14,7 @@ write notes; in an experiment folder each of those would change or lose what the
 is therefore answered 405 before optuna-dashboard sees it (all of its writes are POST, PUT or
 DELETE).
 
-Like `hpsearch tensorboard` (whose process-handling helpers this module shares): it has no
+Like `hpsearch tensorboard` (both run on `hpsearch.local_server`): it has no
 login, so it binds a loopback address, and anything else needs `allow_remote=True`
 (`--allow-remote`) and prints a warning; the server runs as a child process, `python -m
 hpsearch.dashboard EXP_DIR HOST PORT` (an argument list, no shell), which serves
@@ -33,28 +33,16 @@ from __future__ import annotations
 
 import errno
 import importlib.util
-import os
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
 
-from hpsearch.tensorboard import (
-    _die_with_parent,
-    _family,
-    _is_loopback,
-    _never,
-    _StopSignals,
-    _url,
-)
+from hpsearch import local_server
+from hpsearch.local_server import ServerHandle, bind_host, check_host, check_port, family
 from trainables.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -74,87 +62,42 @@ __all__ = [
 DEFAULT_HOST = "127.0.0.1"  # loopback unless asked: optuna-dashboard has no authentication
 DEFAULT_PORT = 8080  # optuna-dashboard's own default
 START_TIMEOUT_S = 60.0  # how long the server may take to answer (a loaded machine)
-STOP_TIMEOUT_S = 3.0  # how long it may take to exit on SIGTERM before it gets SIGKILL
 INSTALL_HINT = "pip install 'hpsearch[dashboard]' (or pip install optuna-dashboard)"
 _PORT_TAKEN_EXIT = 3  # the child's exit status when its port is taken
-_POLL_S = 0.2  # how often the waits look for a stop request or a server that exited
 _READ_METHODS = ("GET", "HEAD")
 
 
-class DashboardHandle:
+class DashboardHandle(ServerHandle):
     """A running optuna-dashboard child process; a context manager that stops it on exit.
 
-    Attributes:
-        url: Where it answers, e.g. `http://127.0.0.1:8080/` (for a wildcard bind, the
-            loopback address of this machine).
-        host: The address it is bound to.
-        port: Its port.
+    Attributes (besides `ServerHandle`'s url, host, port, process, args):
         experiment: The experiment folder whose study it serves.
         study_name: The study's name in the folder's journal.
-        process: The `subprocess.Popen` of the server.
-        args: The command line it was started with.
     """
+
+    name = "the dashboard"
+    ready_path = "api/meta"
 
     def __init__(
         self,
         process: subprocess.Popen[bytes],
         *,
         args: list[str],
-        url: str,
         host: str,
         port: int,
         experiment: Path,
         study_name: str,
         log_path: Path,
     ) -> None:
-        self.process = process
-        self.args = args
-        self.url = url
-        self.host = host
-        self.port = port
+        super().__init__(process, args=args, host=host, port=port, log_path=log_path)
         self.experiment = experiment
         self.study_name = study_name
-        self._log_path = log_path
 
-    @property
-    def running(self) -> bool:
-        """Whether the server process has not exited yet."""
-        return self.process.poll() is None
-
-    def log_tail(self, lines: int = 5) -> str:
-        """The last lines the server wrote to stdout/stderr."""
-        try:
-            text = self._log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.strip().splitlines()[-lines:])
-
-    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        """Stop the server (SIGTERM, then SIGKILL after `timeout` seconds); idempotent, and
-        SIGKILL is sent even if the wait is interrupted."""
-        try:
-            if self.process.poll() is None:
-                self.process.terminate()
-                try:
-                    self.process.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    pass
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-                self.process.wait()
-            self._log_path.unlink(missing_ok=True)
+    def port_taken(self, status: int) -> bool:
+        return status == _PORT_TAKEN_EXIT  # the child's own exit status says so
 
     def __enter__(self) -> DashboardHandle:
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def start_dashboard(
@@ -184,7 +127,7 @@ def start_dashboard(
         RuntimeError: The server exited before answering.
         TimeoutError: It did not answer within `timeout_s`.
     """
-    return _start(exp_dir, host, port, allow_remote, timeout_s, should_stop=_never)
+    return _start(exp_dir, host, port, allow_remote, timeout_s, should_stop=lambda: False)
 
 
 def serve_forever(
@@ -204,17 +147,17 @@ def serve_forever(
     Returns:
         0 after Ctrl-C; the server's exit status (or 1) if it stopped by itself.
     """
-    out = out or sys.stdout
-    with _StopSignals() as stop:
-        try:
-            status = _serve(
-                exp_dir, host, port, allow_remote, out, start_timeout_s, stop.requested
-            )
-        except _StopRequested:  # during start-up; `_start` has stopped the server
-            status = 0
-    if stop.received == signal.SIGTERM:
-        signal.raise_signal(signal.SIGTERM)
-    return status
+    target = out or sys.stdout
+
+    def serve(should_stop: Callable[[], bool]) -> int:
+        board = _start(exp_dir, host, port, allow_remote, start_timeout_s, should_stop=should_stop)
+        banner = (
+            f"optuna-dashboard on study {board.study_name!r} of {board.experiment} at "
+            f"{board.url}  (read-only; Ctrl-C to stop)"
+        )
+        return local_server.serve_until_stopped(board, banner, should_stop, target)
+
+    return local_server.run_in_foreground(serve)
 
 
 def read_only(app: WSGIApplication) -> WSGIApplication:
@@ -242,14 +185,6 @@ def read_only(app: WSGIApplication) -> WSGIApplication:
 
 
 # --------------------------------------------------------------------------------------------
-
-
-class _StopRequested(Exception):
-    """A stop signal came while the server was starting."""
-
-
-class _PortTaken(Exception):
-    """The server exited at start because its port was taken."""
 
 
 def _experiment_with_study(exp_dir: Path | str) -> Experiment:
@@ -283,38 +218,6 @@ def _experiment_with_study(exp_dir: Path | str) -> Experiment:
     return experiment
 
 
-def _check_host(host: str, allow_remote: bool) -> None:
-    if not host:
-        raise ConfigError("dashboard host is empty; use 127.0.0.1")
-    if _is_loopback(host) or allow_remote:
-        return
-    raise ConfigError(
-        f"dashboard host {host!r} is not a loopback address, and optuna-dashboard has no "
-        "login: anyone who reaches the port reads the study; keep 127.0.0.1 and forward the "
-        "port (ssh -L 8080:127.0.0.1:8080 USER@HOST), or pass --allow-remote on a network "
-        "you trust"
-    )
-
-
-def _bind_host(host: str) -> str:
-    return "127.0.0.1" if host.lower() == "localhost" else host.strip("[]")
-
-
-def _bindable_port(host: str, port: int) -> int:
-    """`port` (or, for 0, a free one) once a socket could bind it on `host`; ConfigError if
-    not (taken, or `host` is no address of this machine)."""
-    with socket.socket(_family(_bind_host(host)), socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((_bind_host(host), port))
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot bind the dashboard to {host}:{port} ({exc.strerror}); pick another "
-                "--port (or 0 for any free one), or a --host of this machine"
-            ) from None
-        return int(sock.getsockname()[1])
-
-
 def _start(
     exp_dir: Path | str,
     host: str,
@@ -324,120 +227,29 @@ def _start(
     *,
     should_stop: Callable[[], bool],
 ) -> DashboardHandle:
-    """`start_dashboard`, giving up with `_StopRequested` as soon as `should_stop()`."""
-    _check_host(host, allow_remote)
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"dashboard port {port} is out of range; use 1-65535, or 0 for any")
+    """`start_dashboard`, giving up with `StopRequested` as soon as `should_stop()`."""
+    check_host(host, allow_remote, what="optuna-dashboard", reads="the study", port=DEFAULT_PORT)
+    check_port(port, "dashboard")
     experiment = _experiment_with_study(exp_dir)
     if importlib.util.find_spec("optuna_dashboard") is None:
         raise ConfigError(f"optuna-dashboard is not installed; run `{INSTALL_HINT}`")
-
-    attempts = 3 if port == 0 else 1  # a picked port can be taken before the server binds it
-    for attempt in range(attempts):
-        chosen = _bindable_port(host, port)
-        handle = _launch(experiment, host, chosen)
-        try:
-            _wait_until_ready(handle, timeout_s, should_stop)
-            return handle
-        except _PortTaken:
-            handle.stop()
-            if attempt + 1 == attempts:
-                raise ConfigError(
-                    f"port {chosen} on {host} is already in use; pick another --port "
-                    "(or 0 for any free one)"
-                ) from None
-        except BaseException:
-            handle.stop()
-            raise
-    raise AssertionError("unreachable")
-
-
-def _serve(
-    exp_dir: Path | str,
-    host: str,
-    port: int,
-    allow_remote: bool,
-    out: TextIO,
-    start_timeout_s: float,
-    should_stop: Callable[[], bool],
-) -> int:
-    """Start the server, print where it answers, and wait for it to exit or `should_stop()`."""
-    with _start(exp_dir, host, port, allow_remote, start_timeout_s, should_stop=should_stop) as d:
-        print(
-            f"optuna-dashboard on study {d.study_name!r} of {d.experiment} at {d.url}  "
-            "(read-only; Ctrl-C to stop)",
-            file=out,
-        )
-        if _is_loopback(host):
-            print(
-                f"from another machine: ssh -L {d.port}:127.0.0.1:{d.port} USER@THIS_HOST, "
-                f"then open http://127.0.0.1:{d.port}/",
-                file=out,
-            )
-        else:
-            print(
-                f"warning: the dashboard listens on {host}:{d.port} with no login: anyone "
-                "who reaches that port reads this study",
-                file=sys.stderr,
-            )
-        out.flush()
-        while not should_stop():
-            try:
-                status = d.process.wait(timeout=_POLL_S)
-            except subprocess.TimeoutExpired:
-                continue
-            if should_stop():  # Ctrl-C in a terminal reaches the server too
-                break
-            print(f"the dashboard exited with status {status}: {d.log_tail(3)}", file=sys.stderr)
-            return status or 1
-        return 0
+    return local_server.start(
+        lambda chosen: _launch(experiment, host, chosen),
+        host,
+        port,
+        what="the dashboard",
+        timeout_s=timeout_s,
+        should_stop=should_stop,
+    )
 
 
 def _launch(experiment: Experiment, host: str, port: int) -> DashboardHandle:
-    fd, log_name = tempfile.mkstemp(prefix="hpsearch-dashboard-", suffix=".log")
     cmd = [sys.executable, "-m", "hpsearch.dashboard", str(experiment.path), host, str(port)]
-    with os.fdopen(fd, "wb") as log:
-        process = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent(),
-        )
+    process, log_path = local_server.launch(cmd, log_prefix="hpsearch-dashboard-")
     return DashboardHandle(
-        process, args=cmd, url=_url(host, port), host=host, port=port,
-        experiment=experiment.path, study_name=experiment.study_name, log_path=Path(log_name),
+        process, args=cmd, host=host, port=port, experiment=experiment.path,
+        study_name=experiment.study_name, log_path=log_path,
     )  # fmt: skip
-
-
-def _wait_until_ready(
-    board: DashboardHandle, timeout_s: float, should_stop: Callable[[], bool]
-) -> None:
-    """Return once the server's HTTP API answers; `_StopRequested` once `should_stop()`."""
-    # Straight to the address, never through an http_proxy from the environment.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if should_stop():
-            raise _StopRequested
-        status = board.process.poll()
-        if status == _PORT_TAKEN_EXIT:
-            raise _PortTaken
-        if status is not None:
-            tail = board.log_tail()
-            last = tail.splitlines()[-1] if tail else "no output"
-            raise RuntimeError(f"the dashboard exited with status {status} at start: {last}")
-        try:
-            with opener.open(board.url + "api/meta", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-            pass
-        time.sleep(_POLL_S)
-    raise TimeoutError(
-        f"the dashboard on {board.url} did not answer within {timeout_s:.0f} s: "
-        f"{board.log_tail(1)}"
-    )
 
 
 # -- the child process: python -m hpsearch.dashboard EXP_DIR HOST PORT -----------------------
@@ -454,18 +266,18 @@ def _make_server(host: str, port: int, app: WSGIApplication) -> Any:
 
     class Server(socketserver.ThreadingMixIn, WSGIServer):
         daemon_threads = True
-        address_family = _family(_bind_host(host))
+        address_family = family(bind_host(host))
 
         def server_bind(self) -> None:  # HTTPServer's would look the host up in DNS
             socketserver.TCPServer.server_bind(self)
-            self.server_name, self.server_port = _bind_host(host), int(self.server_address[1])
+            self.server_name, self.server_port = bind_host(host), int(self.server_address[1])
             self.setup_environ()
 
     class QuietHandler(WSGIRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:
             pass  # the page polls every few seconds; errors still reach the log
 
-    server = Server((_bind_host(host), port), QuietHandler)
+    server = Server((bind_host(host), port), QuietHandler)
     server.set_app(app)
     return server
 
@@ -486,7 +298,7 @@ def _child_main(argv: list[str]) -> int:
         print(f"cannot bind {host}:{port}: {exc.strerror}", file=sys.stderr)
         return _PORT_TAKEN_EXIT if exc.errno == errno.EADDRINUSE else 1
     try:
-        server.serve_forever(poll_interval=_POLL_S)
+        server.serve_forever(poll_interval=local_server.POLL_S)
     except KeyboardInterrupt:
         pass
     finally:
