@@ -161,7 +161,7 @@ def run_tuned_ablation(
         space = _parse(doc, space_path)
     space_text = yaml.safe_dump(doc, sort_keys=False) if settings.smoke_test else None
     plan = _plan_of(space)
-    if settings.warm_start:
+    if settings.warm_start and len(space.variants) > 1:
         raise ConfigError(
             "--warm-start: a tuned ablation tunes every variant from scratch on the same "
             "budget; warm-start one of its phases' studies in a sweep of its own instead"
@@ -176,6 +176,11 @@ def run_tuned_ablation(
     preflight.check_sweep_data(space, trial_overrides)
     from hpsearch import driver  # Ray before the first write: a bad token is bad input too
 
+    if settings.warm_start:  # a one-variant plan: its one search starts from the earlier one
+        tune_doc = phase_documents(doc, plan)[f"tune-{next(iter(space.variants))}"]
+        driver.load_warm_start(
+            warm_start_folder(settings.warm_start), _parse(tune_doc, space_path)
+        )
     driver.init_ray(settings.address, settings.num_cpus)
     folder.mkdir(parents=True)
     write_text_atomic(folder / SPACE_COPY, space_text or space_path.read_text())
@@ -277,7 +282,8 @@ def _phase_names(space: SearchSpace, plan: TuningPlan) -> list[str]:
 
 
 def _phase_settings(settings: SweepSettings, phases_dir: Path, phase: str) -> SweepSettings:
-    """The sweep settings of one phase: the ablation's, in its phases folder."""
+    """The sweep settings of one phase: the ablation's, in its phases folder. A warm start
+    (one-variant plans only) seeds the tuning phase; the final and reference phases are grids."""
     return SweepSettings.from_dict(
         {
             **settings.to_dict(),
@@ -285,9 +291,28 @@ def _phase_settings(settings: SweepSettings, phases_dir: Path, phase: str) -> Sw
             "storage_path": str(phases_dir),
             "num_samples": None,
             "exist_ok_suffix": False,
-            "warm_start": None,
+            "warm_start": settings.warm_start if phase.startswith("tune-") else None,
         }
     )
+
+
+def warm_start_folder(source: str) -> str:
+    """The experiment folder `--warm-start SOURCE` means: SOURCE itself, or for a tuned plan's
+    folder its one tuning phase (the search; its final runs are a grid of the best).
+    ConfigError for a plan of several variants: which variant's search is meant is the
+    user's choice."""
+    folder = Path(source).expanduser()
+    if not (folder / ABLATION_FILE).is_file():
+        return source
+    record = _read(folder)
+    phases = [p for p in record.get("phases", []) if p.startswith("tune-")]
+    if len(phases) != 1:
+        listed = ", ".join(str(folder / PHASES_DIR / p) for p in phases)
+        raise ConfigError(
+            f"--warm-start {folder}: a tuned ablation of {len(phases)} variants; pass the "
+            f"tuning phase to start from: one of {listed}"
+        )
+    return str(folder / PHASES_DIR / str(phases[0]))
 
 
 def _phase_state(path: Path) -> str:

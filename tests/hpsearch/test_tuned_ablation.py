@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hpsearch.ablation import ABLATION_FILE, phase_documents
+from hpsearch.ablation import (
+    ABLATION_FILE,
+    PHASES_DIR,
+    _phase_settings,
+    phase_documents,
+    warm_start_folder,
+)
+from hpsearch.settings import SweepSettings
 from hpsearch.space_parser import load_search_space
 from trainables.errors import ConfigError
 
@@ -266,3 +273,57 @@ def test_a_one_variant_plan_runs_and_reports_without_comparisons(tmp_path, cli):
     report = (exp / "report" / "report.md").read_text()
     assert "'recipe' was tuned over train.lr in 2 trials" in report
     assert "Tuned configurations" in report and "Effects against the baseline" not in report
+    # The plan folder is a warm start for a later search: its one tuning phase is meant.
+    tune = exp / PHASES_DIR / "tune-recipe"
+    assert warm_start_folder(str(exp)) == str(tune)
+    from hpsearch import driver  # Ray Tune and Optuna: imported by this test alone
+
+    plan_of = load_search_space(space).tuning
+    assert plan_of is not None
+    tune_doc = phase_documents(CONFIRM, plan_of)["tune-recipe"]
+    tune_space = load_search_space(_write(tmp_path, tune_doc, "tune"))
+    earlier = driver.load_warm_start(warm_start_folder(str(exp)), tune_space)
+    assert len(earlier) == 2 and {t.user_attrs["warm_start_from"] for t in earlier} == {
+        "tune-recipe"
+    }
+    assert all("train.lr" in t.params for t in earlier)
+
+
+def test_warm_start_is_refused_for_a_plan_of_several_variants(tmp_path, cli):
+    """Every variant of a tuned ablation gets the same budget from scratch: `--warm-start`
+    there is bad input (exit 2, one line, nothing written)."""
+    space = _write(tmp_path, TUNED)
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    out = tmp_path / "out"
+    proc = cli(
+        "sweep", str(space), "--storage-path", str(out), "--warm-start", str(earlier), check=False
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--warm-start" in lines[0] and "from scratch" in lines[0], lines
+    assert not out.exists()
+
+
+def test_a_warm_start_seeds_the_tuning_phase_only(tmp_path):
+    settings = SweepSettings.from_dict({"warm_start": "/earlier/search"})
+    phases = tmp_path / "phases"
+    assert _phase_settings(settings, phases, "tune-recipe").warm_start == "/earlier/search"
+    for phase in ("final", "reference"):
+        assert _phase_settings(settings, phases, phase).warm_start is None
+
+
+def test_the_folder_of_a_plan_of_several_variants_is_no_warm_start(tmp_path):
+    """A plan folder of two tuned variants: which search to start from is the user's choice,
+    and the one-line error lists the phase folders to pick from."""
+    (tmp_path / ABLATION_FILE).write_text(json.dumps({"phases": ["tune-a", "tune-b", "final"]}))
+    with pytest.raises(ConfigError) as err:
+        warm_start_folder(str(tmp_path))
+    text = str(err.value)
+    assert "\n" not in text and "2 variants" in text
+    assert (
+        str(tmp_path / PHASES_DIR / "tune-a") in text
+        and str(tmp_path / PHASES_DIR / "tune-b") in text
+    )
+    plain = tmp_path / "plain"  # not a plan folder: passed through for the driver to check
+    assert warm_start_folder(str(plain)) == str(plain)
