@@ -42,7 +42,9 @@ NEW_API = "def predict_splits"  # what the "before" commit must not have yet
 
 # ------------------------------------------------------------------------------- the worker
 class EncoderCalls:
-    """A forward pre-hook of the encoder: the rows and padded positions of every call."""
+    """A forward pre-hook of the encoder's embeddings: the rows and padded positions of every
+    encoder pass. The embeddings, not `BertModel.forward`: evaluation encodes through
+    `BertModel.encode` (the hidden states without the pooler), which bypasses forward."""
 
     def __init__(self) -> None:
         self.work = {"rows": 0, "positions": 0, "calls": 0}
@@ -114,7 +116,7 @@ def worker(root: Path, overrides: list[str], weights: Path, threads: int | None)
             replies.write(json.dumps({"seconds": seconds, "cpu_s": cpu_s, "scores": scores}))
         elif cmd["cmd"] == "predict":  # raw predictions and the encoder's work, untimed
             calls = EncoderCalls()
-            handle = model.encoder.register_forward_pre_hook(calls, with_kwargs=True)
+            handle = model.encoder.embeddings.register_forward_pre_hook(calls, with_kwargs=True)
             try:
                 if hasattr(evaluation, "predict_splits"):
                     out = evaluation.predict_splits(model, dev, tokenizer, bs, cpu)

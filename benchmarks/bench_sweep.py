@@ -24,7 +24,9 @@ fraction of the slots the sweep held that did not go to training or evaluation.
 
 Memory: besides `peak_mem_mb`, a thread polls the resident memory of every Ray worker process
 of the sweep (psutil, every 0.2 s) and keeps, per trial, the largest RSS its worker had
-between the trial's start and end. The first 5 and the last 5 trials to end are compared.
+between the trial's start and end. The first 5 and the last 5 trials to end that ran in a
+reused worker (not a worker's first trial) are compared; the fresh workers' trials are
+reported apart (their peak leaves out what a worker holds from one trial to the next).
 
 --base REV runs the same sweep also on a git worktree of REV (the same interpreter and
 packages, that checkout first on PYTHONPATH), alternately with this checkout, or with a
@@ -226,8 +228,14 @@ def figures(exp: Path, concurrent: int, sampler: RssSampler, wall: float) -> dic
                 "peak_mem_mb": summary["peak_mem_mb"],
                 "rss_mb": sampler.peak(pid, rec["started_at"], rec["ended_at"]),
                 "pid": pid,
+                "started_at": rec["started_at"],
             }
         )
+    first_of_worker: dict[int, float] = {}
+    for t in trials:
+        first_of_worker[t["pid"]] = min(t["started_at"], first_of_worker.get(t["pid"], 1e18))
+    for t in trials:  # a worker's first trial ran in a fresh process; the others reused it
+        t["reused"] = t["started_at"] > first_of_worker[t["pid"]]
     trials.sort(key=lambda t: t["ended_at"])  # in the order the trials ended
     fit_wall = sweep_end - sweep_start
     overheads = [t["overhead"] for t in trials]
@@ -243,9 +251,21 @@ def figures(exp: Path, concurrent: int, sampler: RssSampler, wall: float) -> dic
         "train_and_eval_s_median": round(statistics.median(t["train"] for t in trials), 2),
         "share_outside_training": round(outside, 3),
     }
-    if len(trials) >= 10:
+    # Memory over reused trials: the first 5 and the last 5 trials to end that ran in a
+    # worker process an earlier trial had used (a worker's first trial pays the process's
+    # own start-up and is reported apart, as "fresh").
+    fresh = [t["peak_mem_mb"] for t in trials if not t["reused"]]
+    if fresh:
+        result["fresh_trials"] = len(fresh)
+        result["fresh_peak_mem_mb_median"] = round(statistics.median(fresh), 1)
+    result["peak_mem_mb_series"] = [
+        [t["pid"], t["reused"], t["peak_mem_mb"], t["rss_mb"] and round(t["rss_mb"], 1)]
+        for t in trials
+    ]
+    reused = [t for t in trials if t["reused"]]
+    if len(reused) >= 10:
         for key, name in (("peak_mem_mb", "peak_mem_mb"), ("rss_mb", "psutil_rss_mb")):
-            values = [t[key] for t in trials if t[key] is not None]
+            values = [t[key] for t in reused if t[key] is not None]
             if len(values) >= 10:
                 first, last = statistics.mean(values[:5]), statistics.mean(values[-5:])
                 result[f"{name}_first5"] = round(first, 1)
@@ -309,7 +329,7 @@ def main() -> None:
                         ["git", "worktree", "remove", "--force", str(checkouts[side])], cwd=REPO
                     )
     sides = [s for s in ("base", "head") if runs[s]]
-    keys = list(runs["head"][0])
+    keys = [k for k in runs["head"][0] if not k.endswith("_series")]  # the series: in --json
     label = {"base": f"base {args.base}", "head": args.head or "this checkout"}
     print(f"\n{'figure (median over runs)':40s}" + "".join(f"{label[s]:>20s}" for s in sides))
     for key in keys:

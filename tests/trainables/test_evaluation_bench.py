@@ -85,7 +85,8 @@ def test_before_and_after_agree_and_the_report_holds_together(bench, tmp_path, c
     sizes = result["setup"]["dev_sizes"]
     assert result["work"]["A"]["rows"] == sizes["sst"] + 2 * (sizes["para"] + sizes["sts"])
     # B encodes every distinct sentence once: no more rows than A, and the same at any batch
-    assert result["work"]["B"]["rows"] <= result["work"]["A"]["rows"]
+    assert 0 < result["work"]["B"]["rows"] <= result["work"]["A"]["rows"]
+    assert 0 < result["work"]["B"]["positions"] <= result["work"]["A"]["positions"]
     assert result["work"]["B16"]["rows"] == result["work"]["B"]["rows"]
     assert result["scores"]["A"]["dev_sst_acc"] == result["scores"]["B"]["dev_sst_acc"]
     assert json.loads(out.read_text())["agreement"] == result["agreement"]
