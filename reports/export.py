@@ -7,7 +7,9 @@ For a sweep's experiment folder the copy holds its report (when one was built), 
 (one row per trial: status, variant, seed, every config key, every score and time) and, for
 each finished trial, the small files anyone needs to check it: `config.json`,
 `summary.json`, `metrics.jsonl`, `data_report.json` and the CS224N submission files under
-`predictions/` (files over `GZIP_OVER` bytes are gzipped). A tuned ablation exports the report
+`predictions/` (files over `GZIP_OVER` bytes are gzipped), and its Optuna study
+(`optuna.journal`: the copy re-opens with `optuna.load_study` and is a source for
+`hpsearch sweep --warm-start`). A tuned ablation exports the report
 of the whole plan and each phase as such an experiment under `phases/<phase>/`; by default
 the tuning phases carry their result tables and their own reports (the search: each toggle's
 effect, parameter importance) but not their trials' files (`--phases` names the phases whose
@@ -38,6 +40,10 @@ GZIP_OVER = 1_000_000  # bytes: larger trial files are stored gzipped (a Quora d
 _PHASES = "phases"
 _PLAN = "ablation.json"
 _DEFAULT_TRIAL_PHASES = ("final", "reference")
+# The experiment's Optuna study (hpsearch.experiment.JOURNAL; reports reads result files and
+# imports nothing of hpsearch): every trial's parameters, state, values and intermediate
+# values, so that the copy re-opens with optuna.load_study and can warm-start a later search.
+_JOURNAL = "optuna.journal"
 
 
 def export_results(
@@ -120,7 +126,7 @@ def _export_experiment(
     out.mkdir(parents=True, exist_ok=True)
     table = results.trials.drop(columns=["trial_dir"])
     table.to_csv(out / "results.csv", index=False)
-    for name in ("experiment.json", "search_space.yaml", "sweep_timing.json"):
+    for name in ("experiment.json", "search_space.yaml", "sweep_timing.json", _JOURNAL):
         if (source / name).is_file():
             shutil.copy2(source / name, out / name)
     if copy_report:

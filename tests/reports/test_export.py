@@ -150,3 +150,26 @@ def test_a_tuned_ablation_exports_its_tuning_phases_reports_and_its_final_trials
     )
     for phase in (tune, final):
         assert (phase / "results.csv").is_file()
+
+
+def test_an_export_carries_the_study_so_it_reopens_and_can_warm_start(tmp_path, sampled_exp):
+    """The copy's optuna.journal is the experiment's study: the same trials, states, values
+    and intermediate values when re-opened with optuna."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    out = tmp_path / "out"
+    export_results(sampled_exp, out)
+    assert (out / "optuna.journal").read_bytes() == (sampled_exp / "optuna.journal").read_bytes()
+
+    def trials(folder: Path) -> list[tuple]:
+        storage = JournalStorage(JournalFileBackend(str(folder / "optuna.journal")))
+        study = optuna.load_study(study_name="tpe_demo", storage=storage)
+        return [
+            (t.number, t.state, t.params, t.values, t.intermediate_values) for t in study.trials
+        ]
+
+    copied = trials(out)
+    assert copied == trials(sampled_exp) and len(copied) == 9  # the fixture's 9 trials
+    assert {state for _, state, *_ in copied} >= {optuna.trial.TrialState.PRUNED}
