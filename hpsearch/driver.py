@@ -186,8 +186,8 @@ def _trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"  # named by id, never by hyperparameter values
 
 
-AUTH_DISABLED_WARNING = (
-    "warning: RAY_AUTH_MODE=disabled ignored: hpsearch keeps Ray's token authentication on, "
+AUTH_OFF_WARNING = (
+    "warning: RAY_AUTH_MODE={mode} ignored: hpsearch keeps Ray's token authentication on, "
     "because Ray's ports listen on all interfaces (anyone who can reach this machine could "
     "run code on it); unset RAY_AUTH_MODE to silence this"
 )
@@ -196,8 +196,9 @@ AUTH_DISABLED_WARNING = (
 def keep_token_authentication() -> None:
     """Ray's token authentication on for the Ray this process starts or joins, and for every
     process Ray starts from it (they inherit RAY_AUTH_MODE): `token` when the variable is
-    unset, and also when it says `disabled` (one warning line then): hpsearch never runs or
-    joins a Ray without authentication.
+    unset, and also when it says anything else (one warning line then): Ray reads every
+    value but `token` as authentication off (`disabled`, but also `off`, an empty value or
+    `token ` with a space), and hpsearch never runs or joins a Ray without authentication.
 
     Ray turns it on by itself only for a new local cluster; a driver joining a cluster by
     address would otherwise connect without a token. A new local cluster's token is
@@ -205,10 +206,10 @@ def keep_token_authentication() -> None:
     on first use).
     """
     mode = os.environ.get("RAY_AUTH_MODE")
-    if mode is not None and mode.strip().lower() != "disabled":
-        return  # token (or a mode of Ray's own that is not "off"): left as the user set it
-    if mode is not None:
-        print(AUTH_DISABLED_WARNING, file=sys.stderr)
+    if mode == "token":
+        return  # already on, as Ray spells it
+    if mode is not None and mode.strip().lower() != "token":  # " Token" is only respelled
+        print(AUTH_OFF_WARNING.format(mode=mode), file=sys.stderr)
     os.environ["RAY_AUTH_MODE"] = "token"
     if "ray" in sys.modules:
         # Ray reads the variable into its config when imported: refresh it, as Ray does

@@ -138,19 +138,23 @@ _AUTH_OPT_OUT_TESTS = {Path("tests/hpsearch/test_ray_auth.py")}  # an opt-out is
 
 
 def _disables_ray_auth(node: ast.AST) -> bool:
-    """RAY_AUTH_MODE given the value "disabled": a dict entry, environ[...] = ..., a call
-    such as environ.setdefault(...) / putenv(...), or a keyword argument."""
+    """RAY_AUTH_MODE given a value Ray reads as authentication off (any string but "token":
+    "disabled", "off", "" ...): a dict entry, environ[...] = ..., a call such as
+    environ.setdefault(...) / putenv(...), or a keyword argument."""
 
     def is_const(n: ast.AST | None, value: str) -> bool:
         return isinstance(n, ast.Constant) and n.value == value
 
+    def is_off(n: ast.AST | None) -> bool:
+        return isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value != "token"
+
     if isinstance(node, ast.Dict):
         return any(
-            is_const(k, "RAY_AUTH_MODE") and is_const(v, "disabled")
+            is_const(k, "RAY_AUTH_MODE") and is_off(v)
             for k, v in zip(node.keys, node.values, strict=True)
         )
     if isinstance(node, ast.Assign):
-        return is_const(node.value, "disabled") and any(
+        return is_off(node.value) and any(
             isinstance(t, ast.Subscript) and is_const(t.slice, "RAY_AUTH_MODE")
             for t in node.targets
         )
@@ -158,15 +162,15 @@ def _disables_ray_auth(node: ast.AST) -> bool:
         positional = (
             len(node.args) >= 2
             and is_const(node.args[0], "RAY_AUTH_MODE")
-            and is_const(node.args[1], "disabled")
+            and is_off(node.args[1])
         )
-        return positional or is_const(_keyword(node, "RAY_AUTH_MODE"), "disabled")
+        return positional or is_off(_keyword(node, "RAY_AUTH_MODE"))
     return False
 
 
 def test_ray_token_authentication_is_never_turned_off():
-    """No code, test environment, Makefile, CI script or cluster file sets
-    RAY_AUTH_MODE=disabled (only the test of the opt-out's warning does, on purpose)."""
+    """No code, test environment, Makefile, CI script or cluster file sets RAY_AUTH_MODE to
+    anything but `token` (only the tests of the opt-out's override do, on purpose)."""
     problems = [
         f"{path}:{node.lineno}"
         for path, tree in _sources()
@@ -178,7 +182,7 @@ def test_ray_token_authentication_is_never_turned_off():
         for number, line in enumerate((REPO / name).read_text().splitlines(), 1):
             code = line.split("#", 1)[0]
             if re.search(
-                r"RAY_AUTH_MODE\s*[?:]?=\s*[\"']?disabled|RAY_AUTH_MODE:\s*disabled", code
+                r"RAY_AUTH_MODE\s*[?:]?=\s*(?![\"']?token\b)|RAY_AUTH_MODE:\s*(?!token\b)", code
             ):
                 problems.append(f"{name}:{number}")
     assert problems == []

@@ -276,3 +276,26 @@ def test_token_authentication_is_turned_on_even_against_an_opt_out(monkeypatch, 
         err
     )
     assert "anyone who can reach this machine could run code on it" in err
+
+
+@pytest.mark.parametrize("mode", ["off", "", "none", "false", "Disabled", "tokens"])
+def test_any_value_ray_reads_as_off_is_turned_into_token(monkeypatch, capsys, mode):
+    """Ray turns authentication on only for RAY_AUTH_MODE=token: every other value it reads
+    as off. Each is overridden like `disabled`, with one warning line naming it."""
+    from hpsearch import driver
+
+    monkeypatch.setenv("RAY_AUTH_MODE", mode)
+    driver.keep_token_authentication()
+    assert os.environ["RAY_AUTH_MODE"] == "token"
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"warning: RAY_AUTH_MODE={mode} ignored: "), err
+
+
+@pytest.mark.parametrize("mode", ["token", "TOKEN", " token "])
+def test_token_in_any_spelling_is_kept_on_without_a_warning(monkeypatch, capsys, mode):
+    from hpsearch import driver
+
+    monkeypatch.setenv("RAY_AUTH_MODE", mode)
+    driver.keep_token_authentication()
+    assert os.environ["RAY_AUTH_MODE"] == "token"  # Ray's own spelling
+    assert capsys.readouterr().err == ""
