@@ -232,8 +232,8 @@ def figures(exp: Path, concurrent: int, sampler: RssSampler, wall: float) -> dic
             }
         )
     first_of_worker: dict[int, float] = {}
-    for t in trials:
-        first_of_worker[t["pid"]] = min(t["started_at"], first_of_worker.get(t["pid"], 1e18))
+    for t in sorted(trials, key=lambda t: t["started_at"]):
+        first_of_worker.setdefault(t["pid"], t["started_at"])
     for t in trials:  # a worker's first trial ran in a fresh process; the others reused it
         t["reused"] = t["started_at"] > first_of_worker[t["pid"]]
     trials.sort(key=lambda t: t["ended_at"])  # in the order the trials ended
