@@ -41,7 +41,14 @@ import yaml
 
 from hpsearch import preflight
 from hpsearch._yaml import load_strict
-from hpsearch.experiment import EXPERIMENT_FILE, SPACE_COPY, TRIALS, new_experiment_dir
+from hpsearch.experiment import (
+    ABLATION_FILE,
+    EXPERIMENT_FILE,
+    PHASES_DIR,
+    SPACE_COPY,
+    TRIALS,
+    new_experiment_dir,
+)
 from hpsearch.settings import SweepSettings
 from hpsearch.space import SEED_KEY, SearchSpace
 from hpsearch.space_parser import SpaceFileParser
@@ -59,8 +66,6 @@ __all__ = [
     "tuned_configurations",
 ]
 
-ABLATION_FILE = "ablation.json"
-PHASES_DIR = "phases"
 _DONE = ("finished", "stopped", "failed")
 
 # How a phase runs: hpsearch.sweep's run_sweep / resume_sweep, handed in by the facade (which
@@ -176,11 +181,11 @@ def run_tuned_ablation(
     preflight.check_sweep_data(space, trial_overrides)
     from hpsearch import driver  # Ray before the first write: a bad token is bad input too
 
-    if settings.warm_start:  # a one-variant plan: its one search starts from the earlier one
+    # A one-variant plan's one search starts from the earlier one: checked here, before
+    # anything is written; its tuning phase reads the journal again when it starts.
+    if settings.warm_start:
         tune_doc = phase_documents(doc, plan)[f"tune-{next(iter(space.variants))}"]
-        driver.load_warm_start(
-            warm_start_folder(settings.warm_start), _parse(tune_doc, space_path)
-        )
+        driver.load_warm_start(settings.warm_start, _parse(tune_doc, space_path))
     driver.init_ray(settings.address, settings.num_cpus)
     folder.mkdir(parents=True)
     write_text_atomic(folder / SPACE_COPY, space_text or space_path.read_text())
@@ -294,25 +299,6 @@ def _phase_settings(settings: SweepSettings, phases_dir: Path, phase: str) -> Sw
             "warm_start": settings.warm_start if phase.startswith("tune-") else None,
         }
     )
-
-
-def warm_start_folder(source: str) -> str:
-    """The experiment folder `--warm-start SOURCE` means: SOURCE itself, or for a tuned plan's
-    folder its one tuning phase (the search; its final runs are a grid of the best).
-    ConfigError for a plan of several variants: which variant's search is meant is the
-    user's choice."""
-    folder = Path(source).expanduser()
-    if not (folder / ABLATION_FILE).is_file():
-        return source
-    record = _read(folder)
-    phases = [p for p in record.get("phases", []) if p.startswith("tune-")]
-    if len(phases) != 1:
-        listed = ", ".join(str(folder / PHASES_DIR / p) for p in phases)
-        raise ConfigError(
-            f"--warm-start {folder}: a tuned ablation of {len(phases)} variants; pass the "
-            f"tuning phase to start from: one of {listed}"
-        )
-    return str(folder / PHASES_DIR / str(phases[0]))
 
 
 def _phase_state(path: Path) -> str:

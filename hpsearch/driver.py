@@ -20,7 +20,13 @@ import optuna
 from ray import tune
 from ray.tune import Callback
 
-from hpsearch.experiment import EXPERIMENT_FILE, JOURNAL, Experiment, journal_storage
+from hpsearch.experiment import (
+    EXPERIMENT_FILE,
+    JOURNAL,
+    Experiment,
+    journal_storage,
+    warm_start_folder,
+)
 from hpsearch.searcher import (
     FAILED,
     FINISHED,
@@ -339,8 +345,9 @@ def load_warm_start(source: str, space: SearchSpace) -> list[optuna.trial.Frozen
     """The ended Optuna trials of an earlier experiment, checked against this space: COMPLETE
     ones with their values, PRUNED ones (stopped by ASHA) with their intermediate values, as
     TPE would see them in the earlier study; FAIL and RUNNING ones teach the sampler nothing.
-    Each copy names its experiment (user attribute "warm_start_from")."""
-    folder = Path(source).expanduser().resolve()
+    Each copy names its experiment (user attribute "warm_start_from"). SOURCE may be a
+    one-variant tuned plan's folder: its tuning phase is meant (`warm_start_folder`)."""
+    folder = warm_start_folder(source).resolve()
     if not (folder / EXPERIMENT_FILE).is_file() or not (folder / JOURNAL).is_file():
         raise ConfigError(
             f"--warm-start {folder}: not an hpsearch experiment folder (no "

@@ -14,6 +14,11 @@ The experiment folder, `STORAGE/NAME/`:
     report/                the ablation report (`hpsearch report EXP_DIR`)
 On a multi-node cluster, STORAGE must be a file system every node sees (NFS, EFS).
 
+A tuned plan (a space with a `tuning:` section, hpsearch.ablation) is a folder of such
+experiments: `ablation.json` (the plan) beside `phases/<phase>/`, one experiment per phase.
+Its layout's names live here, with the experiment's, so that a plan folder is understood
+wherever an experiment folder is expected (`warm_start_folder`).
+
 `Experiment` is created once by the driver (`Experiment.create`), loaded by `hpsearch resume`
 (`Experiment.load`) and handed to the Ray workers as it is, never re-read there.
 """
@@ -41,8 +46,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ABANDONED",
+    "ABLATION_FILE",
     "EXPERIMENT_FILE",
     "JOURNAL",
+    "PHASES_DIR",
     "SPACE_COPY",
     "Experiment",
     "check_storage_path",
@@ -50,6 +57,7 @@ __all__ = [
     "new_experiment_dir",
     "reconcile_after_fit",
     "trial_status_counts",
+    "warm_start_folder",
 ]
 
 EXPERIMENT_FILE = "experiment.json"
@@ -59,6 +67,8 @@ TRIALS = "trials"
 RUNS = "runs"
 TRAIN_RUNS = "train_runs"
 TIMING = "sweep_timing.json"
+ABLATION_FILE = "ablation.json"  # a tuned plan's record (hpsearch.ablation)
+PHASES_DIR = "phases"  # a tuned plan's phases, one experiment folder each
 
 ABANDONED = (
     "abandoned: the sweep driver stopped while this trial was starting or running, "
@@ -342,3 +352,29 @@ def trial_status_counts(folder: Path) -> dict[str, int]:
         except (OSError, ValueError, KeyError, TypeError):
             statuses.append("corrupt")
     return {status: statuses.count(status) for status in sorted(set(statuses))}
+
+
+def warm_start_folder(source: str | Path) -> Path:
+    """The experiment folder `--warm-start SOURCE` means: SOURCE itself, or for a tuned
+    plan's folder its one tuning phase (the search; its final runs are a grid of the best).
+    ConfigError for a plan of several variants: which variant's search is meant is the
+    user's choice, and the error lists the phase folders to choose from."""
+    folder = Path(source).expanduser()
+    record_path = folder / ABLATION_FILE
+    if not record_path.is_file():
+        return folder
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"--warm-start {folder}: {record_path.name} is unreadable ({exc}); pass one of "
+            f"its {PHASES_DIR}/tune-<variant> folders instead"
+        ) from None
+    phases = [p for p in record.get("phases", []) if str(p).startswith("tune-")]
+    if len(phases) != 1:
+        listed = ", ".join(str(folder / PHASES_DIR / p) for p in phases)
+        raise ConfigError(
+            f"--warm-start {folder}: a tuned ablation of {len(phases)} variants; pass the "
+            f"tuning phase to start from: one of {listed}"
+        )
+    return folder / PHASES_DIR / str(phases[0])

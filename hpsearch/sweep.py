@@ -77,9 +77,7 @@ def run_sweep(space_path: str | Path, settings: SweepSettings | None = None) -> 
 
     earlier = []
     if settings.warm_start:
-        from hpsearch.ablation import warm_start_folder
-
-        earlier = driver.load_warm_start(warm_start_folder(settings.warm_start), space)
+        earlier = driver.load_warm_start(settings.warm_start, space)
     # Ray before the first write too: a missing or wrong Ray token is refused like bad input.
     driver.init_ray(settings.address, settings.num_cpus)
     experiment = Experiment.create(

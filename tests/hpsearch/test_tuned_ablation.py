@@ -13,13 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hpsearch.ablation import (
-    ABLATION_FILE,
-    PHASES_DIR,
-    _phase_settings,
-    phase_documents,
-    warm_start_folder,
-)
+from hpsearch.ablation import _phase_settings, phase_documents
+from hpsearch.experiment import ABLATION_FILE, PHASES_DIR, warm_start_folder
 from hpsearch.settings import SweepSettings
 from hpsearch.space_parser import load_search_space
 from trainables.errors import ConfigError
@@ -275,14 +270,14 @@ def test_a_one_variant_plan_runs_and_reports_without_comparisons(tmp_path, cli):
     assert "Tuned configurations" in report and "Effects against the baseline" not in report
     # The plan folder is a warm start for a later search: its one tuning phase is meant.
     tune = exp / PHASES_DIR / "tune-recipe"
-    assert warm_start_folder(str(exp)) == str(tune)
+    assert warm_start_folder(str(exp)) == tune
     from hpsearch import driver  # Ray Tune and Optuna: imported by this test alone
 
     plan_of = load_search_space(space).tuning
     assert plan_of is not None
     tune_doc = phase_documents(CONFIRM, plan_of)["tune-recipe"]
     tune_space = load_search_space(_write(tmp_path, tune_doc, "tune"))
-    earlier = driver.load_warm_start(warm_start_folder(str(exp)), tune_space)
+    earlier = driver.load_warm_start(str(exp), tune_space)  # resolves the plan folder itself
     assert len(earlier) == 2 and {t.user_attrs["warm_start_from"] for t in earlier} == {
         "tune-recipe"
     }
@@ -326,4 +321,7 @@ def test_the_folder_of_a_plan_of_several_variants_is_no_warm_start(tmp_path):
         and str(tmp_path / PHASES_DIR / "tune-b") in text
     )
     plain = tmp_path / "plain"  # not a plan folder: passed through for the driver to check
-    assert warm_start_folder(str(plain)) == str(plain)
+    assert warm_start_folder(str(plain)) == plain
+    (tmp_path / ABLATION_FILE).write_text("{not json")
+    with pytest.raises(ConfigError, match="unreadable.*tune-<variant>"):
+        warm_start_folder(tmp_path)
