@@ -48,6 +48,7 @@ from hpsearch.experiment import (
     SPACE_COPY,
     TRIALS,
     new_experiment_dir,
+    read_plan,
 )
 from hpsearch.settings import SweepSettings
 from hpsearch.space import SEED_KEY, SearchSpace
@@ -229,7 +230,7 @@ def resume_tuned_ablation(
 ) -> Path:
     """Continue a tuned ablation where it stopped: done phases stay, the current one resumes."""
     folder = Path(folder).expanduser().resolve()
-    plan = _read(folder)
+    plan = read_plan(folder)
     settings = SweepSettings.from_dict(plan["settings"])
     settings.address = address if address is not None else settings.address
     settings.num_cpus = num_cpus if num_cpus is not None else settings.num_cpus
@@ -241,7 +242,7 @@ def resume_tuned_ablation(
 def _continue(
     folder: Path, settings: SweepSettings, run_phase: RunPhase, resume_phase: ResumePhase
 ) -> None:
-    record = _read(folder)
+    record = read_plan(folder)
     space_path = folder / SPACE_COPY
     from hpsearch.space_parser import load_search_space
 
@@ -378,12 +379,3 @@ def _plan_of(space: SearchSpace) -> TuningPlan:
     if space.tuning is None:
         raise ConfigError(f"{space.path}: has no tuning: section: it is not a tuned ablation")
     return space.tuning
-
-
-def _read(folder: Path) -> dict[str, Any]:
-    path = folder / ABLATION_FILE
-    try:
-        record: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: unreadable ({exc}): not a tuned ablation folder") from None
-    return record

@@ -55,6 +55,7 @@ __all__ = [
     "check_storage_path",
     "journal_storage",
     "new_experiment_dir",
+    "read_plan",
     "reconcile_after_fit",
     "trial_status_counts",
     "warm_start_folder",
@@ -354,21 +355,30 @@ def trial_status_counts(folder: Path) -> dict[str, int]:
     return {status: statuses.count(status) for status in sorted(set(statuses))}
 
 
+def read_plan(folder: Path) -> dict[str, Any]:
+    """A tuned plan's record, FOLDER/ablation.json (hpsearch.ablation writes it)."""
+    path = folder / ABLATION_FILE
+    try:
+        record: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: unreadable ({exc}): not a tuned ablation folder") from None
+    return record
+
+
 def warm_start_folder(source: str | Path) -> Path:
     """The experiment folder `--warm-start SOURCE` means: SOURCE itself, or for a tuned
     plan's folder its one tuning phase (the search; its final runs are a grid of the best).
     ConfigError for a plan of several variants: which variant's search is meant is the
     user's choice, and the error lists the phase folders to choose from."""
     folder = Path(source).expanduser()
-    record_path = folder / ABLATION_FILE
-    if not record_path.is_file():
+    if not (folder / ABLATION_FILE).is_file():
         return folder
     try:
-        record = json.loads(record_path.read_text())
-    except (OSError, ValueError) as exc:
+        record = read_plan(folder)
+    except ConfigError as exc:
         raise ConfigError(
-            f"--warm-start {folder}: {record_path.name} is unreadable ({exc}); pass one of "
-            f"its {PHASES_DIR}/tune-<variant> folders instead"
+            f"--warm-start {folder}: {exc}; pass one of its {PHASES_DIR}/tune-<variant> "
+            "folders instead"
         ) from None
     phases = [p for p in record.get("phases", []) if str(p).startswith("tune-")]
     if len(phases) != 1:
