@@ -25,6 +25,7 @@ from ray.tune.search.optuna import OptunaSearch
 from hpsearch.settings import SweepSettings
 from hpsearch.space import GRID_KEY, SearchSpace
 from hpsearch.space_search import tpe_sampler
+from hpsearch.worker import MAIN_EVAL
 
 __all__ = [
     "FAILED",
@@ -40,7 +41,7 @@ __all__ = [
     "trial_ending",
 ]
 
-ASHA_MAX_T = 10_000  # evaluations; trials end on their own schedule long before
+ASHA_MAX_T = 10_000  # multitask evaluations; trials end on their own schedule long before
 RAY_TRIAL_ID = "ray_trial_id"  # the Optuna trial's user attribute naming its Ray trial
 WARM_START_FROM = "warm_start_from"  # the user attribute naming a warm-start trial's experiment
 logger = logging.getLogger(__name__)
@@ -74,7 +75,8 @@ class FailureAwareOptunaSearch(OptunaSearch):
 
     - Each dev evaluation is an intermediate value, `trial.report(value, step)` with step =
       the evaluation's index in the trial (Ray's training_iteration, 1 for the first; ASHA's
-      rungs count the same way), the stopping one and the final one included. Plain
+      rungs count the multitask loop's alone, so with sequential STS pre-training they lag
+      behind), the stopping one and the final one included. Plain
       OptunaSearch skips the result on which the scheduler stops a trial.
     - A trial ASHA stopped is PRUNED (Optuna then takes its last intermediate value as its
       value, and TPE ranks it as pruned); plain OptunaSearch tells its partial score as a
@@ -253,13 +255,19 @@ def search_algorithm(
 
 def asha_scheduler(space: SearchSpace) -> Any:
     """The space's ASHA on its objective's evaluations, or None (no scheduler, or several
-    objectives: ASHA stops trials on one metric)."""
+    objectives: ASHA stops trials on one metric).
+
+    Its rungs count the evaluations of a trial's multitask loop (hpsearch.worker.MAIN_EVAL),
+    not Ray's training_iteration: an STS-only pre-training epoch's evaluation, where SST and
+    Quora are still untrained, says nothing of the objective, and ASHA deciding on it stopped
+    trials by their STS score alone (grace_period 1 in best_minilm.yaml v2's tuning phase).
+    """
     from ray.tune.schedulers import ASHAScheduler
 
     if space.scheduler != "asha" or space.multi_objective:
         return None
     return ASHAScheduler(
-        time_attr="training_iteration",
+        time_attr=MAIN_EVAL,
         metric=space.objectives[0].metric,
         mode=space.objectives[0].mode,
         max_t=ASHA_MAX_T,

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from trainables.minbert.trainer import MultitaskTrainer
 
 __all__ = [
+    "MAIN_EVAL",
     "RAY_POINTER",
     "TrialRun",
     "TuneReporter",
@@ -55,6 +56,13 @@ ReportFn = Callable[..., None]
 # trial folder; a full copy was 300 MB per evaluation for MiniLM, read by nothing that the
 # run folder could not serve.
 RAY_POINTER = "run_checkpoint.json"
+# The result key ASHA counts its rungs in (hpsearch.searcher.asha_scheduler): the evaluation's
+# index among those of the trial's last phase, the multitask loop that the objective judges (1
+# for its first). An evaluation of an earlier phase (sequential_sts's STS-only epochs, where the
+# SST and Quora heads are untrained) carries none, so ASHA never stops a trial on it and its
+# grace period counts what `train.epochs x train.evals_per_epoch` says. Ray's own
+# training_iteration counts every evaluation (the Optuna study's intermediate-value steps).
+MAIN_EVAL = "main_eval"
 # Seconds a reused worker waits for the previous trial's thread to end (its engine destroyed,
 # its files closed) before Ray gives the process up; Ray's default, 2 s, is short for a
 # trial stopped mid-training on a loaded machine.
@@ -97,17 +105,22 @@ class TuneReporter(TrainerCallback):
         if metrics.get("final"):
             self._final_checkpoint = checkpoint  # reported with the summary, in on_train_end
             return
-        self._report(metrics, checkpoint)
+        self._report(trainer, metrics, checkpoint)
 
     def on_train_end(self, trainer: MultitaskTrainer, summary: dict[str, Any]) -> None:
-        self._report(summary, self._final_checkpoint)
+        self._report(trainer, summary, self._final_checkpoint)
 
-    def _report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
+    def _report(
+        self, trainer: MultitaskTrainer, metrics: dict[str, Any], checkpoint: Path | None
+    ) -> None:
         from ray.train import Checkpoint as TrainCheckpoint
         from ray.tune import Checkpoint as TuneCheckpoint
 
         result = {k: v for k, v in metrics.items() if v is not None}
         result["node_id"] = _node_id()
+        main_eval = main_phase_eval(trainer, metrics.get("phase"))
+        if main_eval is not None:
+            result[MAIN_EVAL] = main_eval
         if not (checkpoint and self.rank == 0):
             self.report_fn(result, checkpoint=None)
             return
@@ -117,6 +130,24 @@ class TuneReporter(TrainerCallback):
         with tempfile.TemporaryDirectory(prefix="hpsearch-ray-checkpoint-") as folder:
             write_pointer(Path(folder), checkpoint)
             self.report_fn(result, checkpoint=kind.from_directory(folder))
+
+
+def main_phase_eval(trainer: MultitaskTrainer, phase: str | None) -> int | None:
+    """The index of the trainer's latest evaluation among those of its last phase (1 for the
+    first), or None when it evaluated in an earlier phase (see MAIN_EVAL).
+
+    Counted from the trainer's `evals_done`, which a resumed trial restores from its
+    checkpoint, less the evaluations the earlier phases make (each of their epochs, whole).
+    """
+    main = trainer.schedule[-1].phase.name
+    if phase != main:
+        return None
+    before = sum(
+        len([p for p in epoch.eval_points() if p <= len(epoch.steps)])
+        for epoch in trainer.schedule
+        if epoch.phase.name != main
+    )
+    return trainer.evals_done - before
 
 
 def _node_id() -> str:
