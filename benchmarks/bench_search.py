@@ -413,6 +413,7 @@ def simulate_one(
 
     from hpsearch.searcher import asha_scheduler, search_algorithm
     from hpsearch.space_parser import load_search_space
+    from hpsearch.worker import MAIN_EVAL
     from trainables.minbert.config import flatten
 
     space = load_search_space(space_path)
@@ -471,6 +472,7 @@ def simulate_one(
             "table_seconds": curve.seconds[index - 1],
             "eval_index": index,
             "training_iteration": index,
+            MAIN_EVAL: index,  # ASHA's clock: the table's trials have no pre-training phase
             "time_total_s": curve.seconds[index - 1],
         }
         if index == evals_per_trial:
