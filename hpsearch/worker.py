@@ -142,11 +142,7 @@ def main_phase_eval(trainer: MultitaskTrainer, phase: str | None) -> int | None:
     main = trainer.schedule[-1].phase.name
     if phase != main:
         return None
-    before = sum(
-        len([p for p in epoch.eval_points() if p <= len(epoch.steps)])
-        for epoch in trainer.schedule
-        if epoch.phase.name != main
-    )
+    before = sum(len(e.eval_points()) for e in trainer.schedule if e.phase.name != main)
     return trainer.evals_done - before
 
 

@@ -39,8 +39,10 @@ class ScheduledEpoch:
         return (self.phase.name, self.epoch)
 
     def eval_points(self) -> set[int]:
-        """After which steps to evaluate: the phase's points and the epoch's (cut) last step."""
-        return self.phase.eval_points(self.full_length) | {len(self.steps)}
+        """After which steps to evaluate: the phase's points that the (cut) epoch reaches and
+        its last step; so `len(eval_points())` is how many evaluations the epoch makes."""
+        reached = {p for p in self.phase.eval_points(self.full_length) if p <= len(self.steps)}
+        return reached | {len(self.steps)}
 
 
 def build_schedule(
